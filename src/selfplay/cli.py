@@ -1,0 +1,146 @@
+"""The `selfplay` command. COMMANDS maps each subcommand to the function that runs it.
+
+    selfplay run [CONFIG.yaml] [key=value ...]     start (or continue) a run
+    selfplay resume RUN_DIR [key=value ...]        continue a run from its last finished stage
+    selfplay eval MODEL [--task T] [key=value ...] held-out accuracy of a model on a task
+    selfplay init [PATH]                           write a commented starter config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from selfplay.errors import UserError
+
+
+def _offline_env() -> None:
+    # Nothing is fetched at run time: models and data come from local files or installed packages.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # Library deprecation notices are for us, not for the person running a job.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[Path | None, list[str]]:
+    if items and "=" not in items[0]:
+        return Path(items[0]), items[1:]
+    return None, items
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from selfplay import config as configlib
+    from selfplay.loop.driver import run
+
+    path, overrides = _split_config_and_overrides(args.items)
+    cfg = configlib.load_config(path, overrides)
+    run(cfg, allow_change=args.allow_config_change)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from selfplay.loop.driver import resume
+
+    resume(Path(args.run_dir), args.overrides, allow_change=args.allow_config_change)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from selfplay import config as configlib
+    from selfplay.loop.driver import freeze_problems
+    from selfplay.loop.rundir import RunDir
+    from selfplay.loop.stages import ModelPool, evaluate
+    from selfplay.models import placement, resolve_model_path
+    from selfplay.verifiers import build_verifier
+
+    overrides = list(args.overrides)
+    if args.task:
+        if args.task.endswith(".jsonl"):
+            overrides = ["task.source=jsonl", f"task.path={args.task}", *overrides]
+        else:
+            overrides = ["task.source=reasoning_gym", f"task.dataset={args.task}", *overrides]
+    cfg = configlib.load_config(Path(args.config) if args.config else None, overrides)
+    model_path = resolve_model_path(args.model)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="selfplay-eval-"))
+    rundir = RunDir(out)
+    rundir.create()
+    rundir.lock()
+    try:
+        rundir.freeze_config(cfg, allow_change=True)
+        _, heldout, default_verifier = freeze_problems(rundir, cfg)
+        where = placement(cfg.model.device, cfg.model.dtype)
+        pool = ModelPool(where, cfg.generate.backend, cfg.eval.batch_size)
+        verifier = build_verifier(cfg.verify.verifier, default_verifier)
+        result = evaluate(rundir.path / "eval", heldout, pool, model_path, verifier, cfg.eval, cfg.seed)
+    finally:
+        rundir.unlock()
+    print(json.dumps({"model": str(model_path), "task": cfg.task.dataset if cfg.task.source == "reasoning_gym"
+                      else cfg.task.path, **result["metrics"]}, indent=2))
+    print(f"Samples and verdicts: {rundir.path / 'eval'}", file=sys.stderr)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from selfplay.config import starter_yaml
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UserError(f"{path}: already exists (pass --force to overwrite)")
+    path.write_text(starter_yaml(), encoding="utf-8")
+    print(f"Wrote {path}. Start a run with: selfplay run {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "init": cmd_init}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfplay", description="Make a language model better on its own verified output.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="start a run (or continue it, if its folder exists with the same config)")
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="a config file, then overrides")
+    p.add_argument("--allow-config-change", action="store_true", help="continue an existing run with a changed config")
+
+    p = sub.add_parser("resume", help="continue a run from its last finished stage")
+    p.add_argument("run_dir", help="the run folder, e.g. runs/rft-default")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the frozen config (need --allow-config-change)")
+    p.add_argument("--allow-config-change", action="store_true", help="accept overrides that change the frozen config")
+
+    p = sub.add_parser("eval", help="held-out accuracy and pass@k of a model on a task")
+    p.add_argument("model", help="'embedded:smollm2-135m-instruct' or a model folder (e.g. runs/NAME/iter-002/model)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. task.eval_size=200")
+    p.add_argument("--task", help="a reasoning-gym dataset name or a .jsonl file")
+    p.add_argument("--config", help="take task and eval settings from this config (a run's config.yaml works)")
+    p.add_argument("--out", help="folder for the eval samples (default: a new temporary folder)")
+
+    p = sub.add_parser("init", help="write a commented starter config")
+    p.add_argument("path", nargs="?", default="selfplay.yaml")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"selfplay: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nselfplay: interrupted; finished stages are kept. Continue with: selfplay resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

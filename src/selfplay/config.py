@@ -1,0 +1,261 @@
+"""Typed run configuration: loaded from YAML, overridden with `key=value`, validated before any work starts.
+
+Every field is documented where it is declared; `selfplay init` turns those descriptions into a
+commented starter file. Unknown keys are errors with a did-you-mean; wrong types name the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selfplay.errors import UserError
+
+MAX_ITERATIONS = 50  # A hard cap: self-training loops degrade when left to run unattended.
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field(
+        "embedded:smollm2-135m-instruct",
+        description="The starting model: 'embedded:smollm2-135m-instruct' or a local Hugging Face model folder.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run: auto picks cuda when present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: auto is bfloat16 on a GPU that supports it, else float32."
+    )
+
+
+class TaskConfig(_Section):
+    source: Literal["reasoning_gym", "jsonl"] = Field(
+        "reasoning_gym", description="Where problems come from: a reasoning-gym dataset or a JSONL file."
+    )
+    dataset: str = Field("chain_sum", description="reasoning-gym dataset name (source: reasoning_gym).")
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
+        description="reasoning-gym dataset settings, passed to its config class.",
+    )
+    path: str | None = Field(None, description="JSONL file with 'prompt' and 'answer' per line (source: jsonl).")
+    train_size: int = Field(64, ge=1, description="Problems in the training split.")
+    eval_size: int = Field(100, ge=1, description="Held-out problems, never used for generation or training.")
+    seed: int = Field(0, description="Seed for problem generation and the train / held-out split.")
+    one_shot: bool = Field(True, description="Prepend a short worked example that shows the answer format.")
+
+
+class GenerateConfig(_Section):
+    backend: str = Field("transformers", description="Generation backend: 'transformers' or 'module:attr'.")
+    samples_per_problem: int = Field(8, ge=1, description="k: completions sampled per training problem.")
+    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(64, ge=1, description="Cap on generated tokens per completion.")
+    batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
+
+
+class VerifyConfig(_Section):
+    verifier: str = Field(
+        "auto",
+        description="'auto' (the task's own checker), 'reasoning_gym', 'math', or a user's 'module:attr'.",
+    )
+
+
+class FilterConfig(_Section):
+    max_per_problem: int = Field(4, ge=1, description="Keep at most this many verified samples per problem.")
+    dedupe: bool = Field(True, description="Drop samples whose completion text repeats one already kept.")
+
+
+class TrainConfig(_Section):
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters (merged on save) or full fine-tuning.")
+    init_from: Literal["base", "previous"] = Field(
+        "base",
+        description="Each iteration fine-tunes the base model (ReST-EM, STaR) or the previous iteration's model.",
+    )
+    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate (linear decay, no warm-up).")
+    epochs: float = Field(2.0, gt=0.0, description="Passes over the iteration's training set.")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step per device.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(256, ge=8, description="Truncate prompt + completion to this many tokens.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    checkpoint_every: int = Field(20, ge=1, description="Save a resumable trainer checkpoint every N steps.")
+
+
+class EvalConfig(_Section):
+    samples: int = Field(
+        4, ge=0, description="Sampled completions per held-out problem for pass@k (0: greedy accuracy only)."
+    )
+    pass_k: int = Field(4, ge=1, description="k of pass@k; at most `samples`.")
+    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature for pass@k.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold for pass@k.")
+    max_new_tokens: int = Field(64, ge=1, description="Cap on generated tokens per held-out completion.")
+    batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
+
+
+class RunConfig(_Section):
+    name: str = Field("rft-default", description="Run name: its folder is <output_dir>/<name>.")
+    output_dir: str = Field("runs", description="Folder that holds run folders.")
+    recipe: Literal["rft"] = Field("rft", description="What one iteration does: rft (rejection-sampling fine-tuning).")
+    iterations: int = Field(2, ge=1, le=MAX_ITERATIONS, description=f"Iterations to run (capped at {MAX_ITERATIONS}).")
+    seed: int = Field(0, description="Seed for sampling and training.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The starting model.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Where problems come from.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Sampling candidates.")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Checking candidates.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="Choosing training examples.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning the generator.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation every iteration.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ValueError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-'")
+        if self.task.source == "jsonl" and not self.task.path:
+            raise ValueError("task.path: required when task.source is 'jsonl'")
+        if self.eval.samples and self.eval.pass_k > self.eval.samples:
+            raise ValueError(f"eval.pass_k: {self.eval.pass_k} is more than eval.samples ({self.eval.samples})")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _all_keys(ann, prefix + name + ".")
+    return keys
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line naming the file, the field and what was expected."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc, _all_keys(RunConfig), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{source}: unknown key '{loc}'{hint}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"{source}: {msg}"
+    return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `a.b.c=value` set; values are parsed as YAML scalars."""
+    out = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def validate(data: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_explain(err, source)) from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML config (or the defaults when `path` is None) and apply `key=value` overrides."""
+    data = load_yaml(path) if path else {}
+    source = str(path) if path else "config"
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        source += " + overrides"
+    return validate(data, source)
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+LOCATION_KEYS = {"name", "output_dir"}  # where a run lives, not what it does
+
+
+def diff(old: RunConfig, new: RunConfig) -> list[str]:
+    """Keys whose values differ between two configs, as dotted paths (the run's location excluded)."""
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in LOCATION_KEYS)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k != "params":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def starter_yaml() -> str:
+    """A commented config with every field at its default, for `selfplay init`."""
+    lines = [
+        "# selfplay run config. Launch with:  selfplay run THIS_FILE.yaml [key=value ...]",
+        "# Every key is optional; the values below are the defaults.",
+        "",
+    ]
+    defaults = RunConfig().model_dump(mode="json")
+    for name, f in RunConfig.model_fields.items():
+        value = defaults[name]
+        if isinstance(value, dict) and name != "params":
+            lines.append(f"# {f.description}")
+            lines.append(f"{name}:")
+            section = type(getattr(RunConfig(), name))
+            for sub, sf in section.model_fields.items():
+                lines.append(f"  # {sf.description}")
+                dumped = yaml.safe_dump({sub: value[sub]}, default_flow_style=True, width=1000).strip()
+                lines.append("  " + dumped.removeprefix("{").removesuffix("}"))
+            lines.append("")
+        else:
+            lines.append(f"# {f.description}")
+            lines.append(yaml.safe_dump({name: value}, default_flow_style=False).strip())
+            lines.append("")
+    return "\n".join(lines)

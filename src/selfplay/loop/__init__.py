@@ -1,0 +1,1 @@
+"""The driver: run state, stages, resume."""

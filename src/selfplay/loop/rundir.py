@@ -1,0 +1,139 @@
+"""The run folder: its layout, the single-writer lock, the frozen config, and the state and metrics files.
+
+    runs/NAME/
+      config.yaml        resolved config, frozen at start
+      state.json         progress, rewritten atomically after every stage
+      metrics.jsonl      one line per evaluated iteration, rebuilt from the eval.json files
+      problems/          the train and held-out splits, frozen at start
+      iter-000/          evaluation of the starting model
+      iter-001/ ...      samples, verdicts, train data, model, eval of each iteration
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from selfplay import config as configlib
+from selfplay.errors import UserError
+from selfplay.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_file = None
+
+    # -- layout -------------------------------------------------------------------------------
+    def iter_dir(self, i: int) -> Path:
+        return self.path / f"iter-{i:03d}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def problems_dir(self) -> Path:
+        return self.path / "problems"
+
+    # -- creation and locking -----------------------------------------------------------------
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot write the run folder ({e.strerror})") from None
+
+    def lock(self) -> None:
+        """Hold an exclusive lock for this process's lifetime; the OS drops it even on SIGKILL."""
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise UserError(f"{self.path}: the run is in use by another selfplay process (pid {holder})") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- config -------------------------------------------------------------------------------
+    def frozen_config(self) -> configlib.RunConfig | None:
+        if not self.config_path.is_file():
+            return None
+        return configlib.validate(configlib.load_yaml(self.config_path), str(self.config_path))
+
+    def freeze_config(self, cfg: configlib.RunConfig, allow_change: bool) -> None:
+        """Write the config on first start; on a restart refuse a changed one unless the user allows it."""
+        old = self.frozen_config()
+        if old is not None:
+            changed = configlib.diff(old, cfg)
+            if not changed:
+                return
+            if not allow_change:
+                raise UserError(
+                    f"{self.config_path}: the run was started with a different config (changed: "
+                    f"{', '.join(changed)}); pass --allow-config-change to continue with the new one"
+                )
+            history = self.path / "config-history"
+            history.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            atomic_write_text(history / f"config-{stamp}.yaml", self.config_path.read_text())
+        atomic_write_text(self.config_path, configlib.dump(cfg))
+
+    # -- state and metrics --------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any]:
+        return read_json(self.state_path) if self.state_path.is_file() else {}
+
+    def write_state(self, **updates: Any) -> None:
+        state = self.read_state()
+        state.update(updates, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_json(self.state_path, state)
+
+    def rebuild_metrics(self) -> list[dict[str, Any]]:
+        """One line per evaluated iteration, derived from the stage files so it can never hold a double."""
+        rows = []
+        for it_dir in sorted(self.path.glob("iter-[0-9][0-9][0-9]")):
+            eval_path = it_dir / "eval.json"
+            if not eval_path.is_file():
+                continue
+            row: dict[str, Any] = {"iteration": int(it_dir.name.split("-")[1])}
+            row.update(read_json(eval_path)["metrics"])
+            seconds = {}
+            for stage in ("generate", "verify", "filter", "train", "eval"):
+                summary = it_dir / f"{stage}.json"
+                if summary.is_file():
+                    data = read_json(summary)
+                    seconds[stage] = data.get("seconds")
+                    if stage == "filter":
+                        row["kept"] = data["kept"]
+                        row["problems_solved"] = data["problems_solved"]
+                        row["train_pass_rate"] = data["passed"] / max(1, data["samples"])
+            row["seconds"] = seconds
+            rows.append(row)
+        atomic_write_jsonl(self.metrics_path, rows)
+        return rows
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []

@@ -1,0 +1,26 @@
+"""Resolve a config value that names a built-in (from one explicit dict) or a user's object ('module:attr')."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from selfplay.errors import UserError
+
+
+def resolve(name: str, builtins: Mapping[str, Any], field: str) -> Any:
+    if name in builtins:
+        return builtins[name]
+    if ":" not in name:
+        known = ", ".join(sorted(builtins))
+        raise UserError(f"{field}: unknown '{name}'; built-ins are {known}, or give a user object as 'module:attr'")
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"{field}: cannot import module '{module_name}' ({e})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"{field}: module '{module_name}' has no attribute '{attr}'") from None

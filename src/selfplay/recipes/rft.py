@@ -1,0 +1,33 @@
+"""Rejection-sampling fine-tuning (RFT / STaR / expert iteration), one iteration:
+
+sample k completions per training problem with the current model, keep the verified-correct ones
+(deduplicated, capped per problem), fine-tune on them, and evaluate the result on held-out problems.
+By default each iteration fine-tunes the *base* model on data sampled from the *latest* model, as
+ReST-EM and STaR do: it keeps the model close to its supervised starting point and stops errors from
+compounding across iterations. `train.init_from: previous` continues from the last model instead.
+"""
+
+from __future__ import annotations
+
+from selfplay.generation import SamplingParams
+from selfplay.loop import stages
+from selfplay.loop.context import RunContext
+
+
+def run_iteration(ctx: RunContext, i: int) -> None:
+    cfg = ctx.cfg
+    it_dir = ctx.rundir.iter_dir(i)
+    it_dir.mkdir(parents=True, exist_ok=True)
+    current = ctx.model_after(i - 1)
+    g = cfg.generate
+    params = SamplingParams(g.samples_per_problem, g.temperature, g.top_p, g.max_new_tokens, cfg.seed + 1000 * i)
+
+    ctx.stage(i, "generate", lambda: stages.generate(it_dir, ctx.train, ctx.pool, current, params))
+    ctx.stage(i, "verify", lambda: stages.verify(it_dir, ctx.train, ctx.verifier))
+    ctx.stage(i, "filter", lambda: stages.filter_(it_dir, ctx.train, i, cfg.filter))
+    init = ctx.base_path if cfg.train.init_from == "base" else current
+    ctx.stage(
+        i, "train",
+        lambda: stages.train(it_dir, init, current, cfg.train, ctx.where, cfg.seed + i, ctx.pool),
+    )
+    ctx.evaluate(i)

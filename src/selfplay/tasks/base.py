@@ -1,0 +1,87 @@
+"""What a task is, how its problems are rendered as prompts, and the deterministic train / held-out split.
+
+A task turns a pool of raw (question, answer) items into Problems. The split is a pure function of the
+seed and the question text: the pool is de-duplicated by question, ordered by a keyed hash, and cut
+into one format exemplar, the held-out set and the training set, so no question can sit on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from selfplay.errors import UserError
+from selfplay.records import Problem
+
+ANSWER_INSTRUCTION = "Give your final answer on the last line as: Answer: <answer>"
+
+
+class Task(Protocol):
+    """Anything that yields a train split and a held-out split of Problems, and names its default checker."""
+
+    name: str
+    default_verifier: str
+
+    def split(self) -> Split: ...
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[Problem]
+    heldout: list[Problem]
+    exemplar: Problem | None  # shown as a one-shot example; in neither split
+
+
+@dataclass(frozen=True)
+class RawItem:
+    question: str
+    answer: str
+    meta: dict[str, Any]
+
+
+def problem_id(prefix: str, question: str) -> str:
+    return f"{prefix}-{hashlib.sha256(question.encode()).hexdigest()[:12]}"
+
+
+def render_prompt(question: str, exemplar: RawItem | None) -> str:
+    """The user message: an optional one-line-answer example, the question, and the answer format."""
+    parts = []
+    if exemplar is not None:
+        parts.append(f"Example:\n{exemplar.question}\nAnswer: {exemplar.answer}\n")
+    parts.append(question)
+    parts.append(ANSWER_INSTRUCTION)
+    return "\n".join(parts)
+
+
+def split_items(
+    items: list[RawItem], *, prefix: str, train_size: int, eval_size: int, seed: int, one_shot: bool, source: str
+) -> Split:
+    """De-duplicate by question, order by a seeded hash, and cut into exemplar / held-out / train."""
+    unique: dict[str, RawItem] = {}
+    for item in items:
+        unique.setdefault(item.question.strip(), item)
+    need = train_size + eval_size + (1 if one_shot else 0)
+    if len(unique) < need:
+        raise UserError(
+            f"{source}: has {len(unique)} distinct problems, but train_size + eval_size"
+            f"{' + 1 exemplar' if one_shot else ''} = {need}"
+        )
+
+    def key(q: str) -> str:
+        return hashlib.sha256(f"{seed}\x00{q}".encode()).hexdigest()
+
+    ordered = [unique[q] for q in sorted(unique, key=key)]
+    exemplar = ordered.pop(0) if one_shot else None
+
+    def to_problem(item: RawItem) -> Problem:
+        return Problem(
+            id=problem_id(prefix, item.question),
+            prompt=render_prompt(item.question, exemplar),
+            reference=item.answer,
+            meta={"question": item.question, **item.meta},
+        )
+
+    heldout = [to_problem(i) for i in ordered[:eval_size]]
+    train = [to_problem(i) for i in ordered[eval_size : eval_size + train_size]]
+    return Split(train=train, heldout=heldout, exemplar=to_problem(exemplar) if exemplar else None)

@@ -1,0 +1,50 @@
+"""Problems from a JSONL file: one object per line with a 'prompt' and an 'answer', checked by math-verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfplay.errors import UserError
+from selfplay.files import iter_jsonl
+from selfplay.tasks.base import RawItem, Split, split_items
+
+
+@dataclass
+class JsonlTask:
+    path: str
+    train_size: int = 64
+    eval_size: int = 100
+    seed: int = 0
+    one_shot: bool = True
+    default_verifier: str = "math"
+
+    @property
+    def name(self) -> str:
+        return f"jsonl:{Path(self.path).name}"
+
+    def load(self) -> list[RawItem]:
+        path = Path(self.path)
+        if not path.is_file():
+            raise UserError(f"task.path: file not found: {path}")
+        items = []
+        for lineno, obj in iter_jsonl(path):
+            for key in ("prompt", "answer"):
+                if not isinstance(obj.get(key), (str, int, float)) or str(obj[key]).strip() == "":
+                    raise UserError(f"{path}: line {lineno}: needs a non-empty '{key}' (string or number)")
+            meta = {k: v for k, v in obj.items() if k not in ("prompt", "answer")}
+            items.append(RawItem(question=str(obj["prompt"]), answer=str(obj["answer"]), meta=meta))
+        if not items:
+            raise UserError(f"{path}: no problems in the file")
+        return items
+
+    def split(self) -> Split:
+        return split_items(
+            self.load(),
+            prefix=Path(self.path).stem,
+            train_size=self.train_size,
+            eval_size=self.eval_size,
+            seed=self.seed,
+            one_shot=self.one_shot,
+            source=str(self.path),
+        )

@@ -1,0 +1,64 @@
+"""Procedurally generated problems from reasoning-gym, scored by reasoning-gym's own answer checker."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfplay.errors import UserError
+from selfplay.tasks.base import RawItem, Split, split_items
+
+
+@dataclass
+class ReasoningGymTask:
+    dataset: str
+    params: dict[str, Any] = field(default_factory=dict)
+    train_size: int = 64
+    eval_size: int = 100
+    seed: int = 0
+    one_shot: bool = True
+    default_verifier: str = "reasoning_gym"
+
+    @property
+    def name(self) -> str:
+        return f"reasoning_gym:{self.dataset}"
+
+    def _generate(self, size: int) -> list[RawItem]:
+        import reasoning_gym
+        from reasoning_gym.factory import DATASETS
+
+        if self.dataset not in DATASETS:
+            close = difflib.get_close_matches(self.dataset, list(DATASETS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"task.dataset: unknown reasoning-gym dataset '{self.dataset}'{hint}")
+        try:
+            ds = reasoning_gym.create_dataset(self.dataset, size=size, seed=self.seed, **self.params)
+        except (TypeError, AssertionError, ValueError) as e:
+            raise UserError(f"task.params: invalid for reasoning-gym '{self.dataset}': {e}") from None
+        items = []
+        for entry in ds:
+            # Keep the entry JSON-safe so problems can be frozen in the run folder and re-scored later.
+            safe = json.loads(json.dumps(entry, default=str))
+            items.append(RawItem(question=entry["question"], answer=str(entry["answer"]), meta={"entry": safe}))
+        return items
+
+    def split(self) -> Split:
+        need = self.train_size + self.eval_size + 1
+        size = need * 2
+        # Easy settings repeat questions, so grow the pool until enough distinct ones exist.
+        for _ in range(4):
+            items = self._generate(size)
+            if len({i.question for i in items}) >= need:
+                break
+            size *= 4
+        return split_items(
+            items,
+            prefix=self.dataset,
+            train_size=self.train_size,
+            eval_size=self.eval_size,
+            seed=self.seed,
+            one_shot=self.one_shot,
+            source=f"task reasoning_gym:{self.dataset} with params {self.params}",
+        )

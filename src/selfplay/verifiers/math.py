@@ -1,0 +1,32 @@
+"""Check answers against the reference with math-verify (numbers, fractions, LaTeX, sets, intervals)."""
+
+from __future__ import annotations
+
+from selfplay.records import Problem, Sample, Verdict
+from selfplay.verifiers.answer import extract_answer
+
+
+def answers_match(reference: str, answer: str) -> bool:
+    from math_verify import parse, verify
+
+    gold, pred = parse(reference), parse(answer)
+    if gold and pred:
+        return bool(verify(gold, pred))
+    # Not mathematics (a word, a name): fall back to a case-insensitive exact match.
+    return reference.strip().casefold() == answer.strip().casefold()
+
+
+class MathVerifier:
+    name = "math"
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        answer = extract_answer(sample.completion)
+        passed = answer is not None and answers_match(problem.reference, answer)
+        return Verdict(
+            sample_id=sample.id,
+            problem_id=problem.id,
+            score=1.0 if passed else 0.0,
+            passed=passed,
+            answer=answer,
+            verifier=self.name,
+        )

@@ -1,0 +1,27 @@
+"""Check answers with reasoning-gym's own scorer for the dataset a problem came from."""
+
+from __future__ import annotations
+
+from selfplay.records import Problem, Sample, Verdict
+from selfplay.verifiers.answer import extract_answer
+
+
+class ReasoningGymVerifier:
+    name = "reasoning_gym"
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        from reasoning_gym import get_score_answer_fn
+
+        entry = problem.meta["entry"]
+        answer = extract_answer(sample.completion)
+        score = 0.0
+        if answer is not None:
+            score = float(get_score_answer_fn(entry["metadata"]["source_dataset"])(answer, entry))
+        return Verdict(
+            sample_id=sample.id,
+            problem_id=problem.id,
+            score=score,
+            passed=score >= 1.0,
+            answer=answer,
+            verifier=self.name,
+        )

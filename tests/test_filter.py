@@ -1,0 +1,15 @@
+from selfplay.filters import keep_verified
+from selfplay.records import Problem, Sample, Verdict
+
+
+def test_keeps_verified_drops_repeats_caps_per_problem_and_counts_solved():
+    problems = [Problem("a", "A?", "1"), Problem("b", "B?", "2"), Problem("c", "C?", "3")]
+    texts = {"a": ["x", "x ", "y", "z"], "b": ["p", "q", "r", "s"], "c": ["m", "n", "o", "w"]}
+    samples = [Sample(f"{p}/s{k}", p, t, 1, "stop", "m") for p, ts in texts.items() for k, t in enumerate(ts)]
+    passing = {"a/s0", "a/s1", "a/s2", "a/s3", "b/s2"}
+    verdicts = [Verdict(s.id, s.problem_id, float(s.id in passing), s.id in passing, None, "v") for s in samples]
+    examples, stats = keep_verified(problems, samples, verdicts, iteration=2, max_per_problem=2)
+    assert [e.sample_id for e in examples] == ["a/s0", "a/s2", "b/s2"]
+    assert stats.duplicates == 1 and stats.over_cap == 1 and stats.passed == 5
+    assert stats.problems_solved == 2 and stats.kept == 3
+    assert examples[0].prompt == "A?" and examples[0].id == "it2/a/s0" and examples[0].iteration == 2

