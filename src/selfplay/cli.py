@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -56,7 +57,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from selfplay import config as configlib
-    from selfplay.loop.driver import freeze_problems
+    from selfplay.loop.driver import freeze_problems, load_problems
     from selfplay.loop.rundir import RunDir
     from selfplay.loop.stages import ModelPool, evaluate
     from selfplay.models import placement, resolve_model_path
@@ -75,8 +76,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rundir.create()
     rundir.lock()
     try:
-        rundir.freeze_config(cfg, allow_change=True)
-        _, heldout, default_verifier = freeze_problems(rundir, cfg)
+        # A run's own config.yaml brings the run's frozen held-out split; otherwise split afresh.
+        source = RunDir(Path(args.config).parent) if args.config else rundir
+        if source is rundir:
+            shutil.rmtree(rundir.problems_dir, ignore_errors=True)
+        train, heldout, default_verifier, _ = load_problems(source, cfg)
+        rundir.freeze_config(cfg)
+        freeze_problems(rundir, train, heldout)
         where = placement(cfg.model.device, cfg.model.dtype)
         pool = ModelPool(where, cfg.generate.backend, cfg.eval.batch_size)
         verifier = build_verifier(cfg.verify.verifier, default_verifier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,26 @@ from selfplay.tasks import build_task
 from selfplay.verifiers import build_verifier
 
 
-def freeze_problems(rundir: RunDir, cfg: configlib.RunConfig) -> tuple[list[Problem], list[Problem], str]:
-    """The run's train and held-out problems: split once, then always read back from the run folder."""
+def load_problems(rundir: RunDir, cfg: configlib.RunConfig) -> tuple[list[Problem], list[Problem], str, bool]:
+    """The run's train and held-out problems: the frozen split if the run has one, else a new split.
+
+    The last value says whether the split is new and still has to be written with `freeze_problems`.
+    """
     task = build_task(cfg.task)
-    folder = rundir.problems_dir
-    train_path, heldout_path = folder / "train.jsonl", folder / "heldout.jsonl"
-    if not (train_path.is_file() and heldout_path.is_file()):
+    train_path, heldout_path = rundir.problems_dir / "train.jsonl", rundir.problems_dir / "heldout.jsonl"
+    if train_path.is_file() and heldout_path.is_file():
+        train, heldout, new = load_records(train_path, Problem), load_records(heldout_path, Problem), False
+    else:
         split = task.split()
-        folder.mkdir(exist_ok=True)
-        atomic_write_jsonl(heldout_path, (to_dict(p) for p in split.heldout))
-        atomic_write_jsonl(train_path, (to_dict(p) for p in split.train))
-    train = load_records(train_path, Problem)
-    heldout = load_records(heldout_path, Problem)
+        train, heldout, new = split.train, split.heldout, True
     check_disjoint(train, heldout)
-    return train, heldout, task.default_verifier
+    return train, heldout, task.default_verifier, new
+
+
+def freeze_problems(rundir: RunDir, train: list[Problem], heldout: list[Problem]) -> None:
+    rundir.problems_dir.mkdir(exist_ok=True)
+    atomic_write_jsonl(rundir.problems_dir / "heldout.jsonl", (to_dict(p) for p in heldout))
+    atomic_write_jsonl(rundir.problems_dir / "train.jsonl", (to_dict(p) for p in train))
 
 
 def check_disjoint(train: list[Problem], heldout: list[Problem]) -> None:
@@ -44,16 +51,22 @@ def check_disjoint(train: list[Problem], heldout: list[Problem]) -> None:
 
 def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> RunContext:
     rundir = RunDir(run_path)
-    rundir.create()
+    made = rundir.create()
     rundir.lock()
     try:
-        rundir.freeze_config(cfg, allow_change)
-        train, heldout, default_verifier = freeze_problems(rundir, cfg)
+        # Everything is checked before anything is written, so a mistake leaves the run as it was.
+        rundir.check_config(cfg, allow_change)
+        train, heldout, default_verifier, new_split = load_problems(rundir, cfg)
         verifier = build_verifier(cfg.verify.verifier, default_verifier)
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
+        rundir.freeze_config(cfg)
+        if new_split:
+            freeze_problems(rundir, train, heldout)
     except BaseException:
         rundir.unlock()
+        if made:  # a first start that failed leaves no half-made run folder behind
+            shutil.rmtree(rundir.path, ignore_errors=True)
         raise
     pool = ModelPool(where, cfg.generate.backend, cfg.generate.batch_size)
     return RunContext(cfg, rundir, train, heldout, verifier, pool, where, base_path)

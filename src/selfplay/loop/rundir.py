@@ -48,7 +48,9 @@ class RunDir:
         return self.path / "problems"
 
     # -- creation and locking -----------------------------------------------------------------
-    def create(self) -> None:
+    def create(self) -> bool:
+        """Make the folder if needed and check it is writable; True if this call made it."""
+        existed = self.path.is_dir()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -56,6 +58,7 @@ class RunDir:
             probe.unlink()
         except OSError as e:
             raise UserError(f"{self.path}: cannot write the run folder ({e.strerror})") from None
+        return not existed
 
     def lock(self) -> None:
         """Hold an exclusive lock for this process's lifetime; the OS drops it even on SIGKILL."""
@@ -84,18 +87,24 @@ class RunDir:
             return None
         return configlib.validate(configlib.load_yaml(self.config_path), str(self.config_path))
 
-    def freeze_config(self, cfg: configlib.RunConfig, allow_change: bool) -> None:
-        """Write the config on first start; on a restart refuse a changed one unless the user allows it."""
+    def check_config(self, cfg: configlib.RunConfig, allow_change: bool) -> list[str]:
+        """Keys changed against the frozen config; a change is refused unless the user allows it."""
         old = self.frozen_config()
-        if old is not None:
-            changed = configlib.diff(old, cfg)
-            if not changed:
+        if old is None:
+            return []
+        changed = configlib.diff(old, cfg)
+        if changed and not allow_change:
+            raise UserError(
+                f"{self.config_path}: the run was started with a different config (changed: "
+                f"{', '.join(changed)}); pass --allow-config-change to continue with the new one"
+            )
+        return changed
+
+    def freeze_config(self, cfg: configlib.RunConfig) -> None:
+        """Write the config; a config it replaces is kept in config-history/."""
+        if self.config_path.is_file():
+            if self.frozen_config() == cfg:
                 return
-            if not allow_change:
-                raise UserError(
-                    f"{self.config_path}: the run was started with a different config (changed: "
-                    f"{', '.join(changed)}); pass --allow-config-change to continue with the new one"
-                )
             history = self.path / "config-history"
             history.mkdir(exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
