@@ -12,12 +12,20 @@ from selfplay.verifiers import build_verifier, extract_answer
         ("Answer: 5\nwait, no.\nAnswer: **-12**.", "-12"),
         ("The answer: 9", "9"),
         ("so the result is \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("The answer to the problem is 14.", "14"),
+        ("12 + 5 - 3 = 14\n\nThis is the final result.", "14"),
+        ("It costs 1,250 dollars", "1250"),
         ("no final line here", None),
         ("Answer:   ", None),
     ],
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+def test_strict_extraction_takes_only_the_stated_formats():
+    assert extract_answer("12 + 5 - 3 = 14", strict=True) is None
+    assert extract_answer("work\nAnswer: 14", strict=True) == "14"
 
 
 def _sample(text: str) -> Sample:
@@ -32,9 +40,11 @@ def test_reasoning_gym_verifier_uses_the_dataset_scorer():
     v = build_verifier("auto", "reasoning_gym")
     good = v.verify(problem, _sample(f"Answer: {entry['answer']}"))
     bad = v.verify(problem, _sample(f"Answer: {int(entry['answer']) + 1}"))
-    missing = v.verify(problem, _sample(entry["answer"]))
-    assert (good.passed, bad.passed, missing.passed) == (True, False, False)
-    assert good.verifier == "reasoning_gym" and missing.answer is None
+    bare = v.verify(problem, _sample(f"The sum is {entry['answer']}"))
+    strict = build_verifier("auto", "reasoning_gym", strict_format=True)
+    unformatted = strict.verify(problem, _sample(f"The sum is {entry['answer']}"))
+    assert (good.passed, bad.passed, bare.passed, unformatted.passed) == (True, False, True, False)
+    assert good.verifier == "reasoning_gym" and unformatted.answer is None
 
 
 def test_math_verifier_accepts_equivalent_forms():

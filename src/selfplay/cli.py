@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         freeze_problems(rundir, train, heldout)
         where = placement(cfg.model.device, cfg.model.dtype)
         pool = ModelPool(where, cfg.generate.backend, cfg.eval.batch_size)
-        verifier = build_verifier(cfg.verify.verifier, default_verifier)
+        verifier = build_verifier(cfg.verify.verifier, default_verifier, cfg.verify.strict_format)
         result = evaluate(rundir.path / "eval", heldout, pool, model_path, verifier, cfg.eval, cfg.seed)
     finally:
         rundir.unlock()

@@ -64,6 +64,9 @@ class VerifyConfig(_Section):
         "auto",
         description="'auto' (the task's own checker), 'reasoning_gym', 'math', or a user's 'module:attr'.",
     )
+    strict_format: bool = Field(
+        False, description="Accept only an 'Answer:' line or \\boxed{}; else also 'the answer is X' or the last number."
+    )
 
 
 class FilterConfig(_Section):

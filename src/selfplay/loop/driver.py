@@ -57,7 +57,7 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
         # Everything is checked before anything is written, so a mistake leaves the run as it was.
         rundir.check_config(cfg, allow_change)
         train, heldout, default_verifier, new_split = load_problems(rundir, cfg)
-        verifier = build_verifier(cfg.verify.verifier, default_verifier)
+        verifier = build_verifier(cfg.verify.verifier, default_verifier, cfg.verify.strict_format)
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
         rundir.freeze_config(cfg)

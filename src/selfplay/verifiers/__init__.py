@@ -22,7 +22,11 @@ class Verifier(Protocol):
 VERIFIERS = {"reasoning_gym": ReasoningGymVerifier, "math": MathVerifier}
 
 
-def build_verifier(name: str, task_default: str) -> Verifier:
-    """'auto' means the task's own checker; otherwise a built-in name or a user's 'module:attr' factory."""
-    factory = resolve(task_default if name == "auto" else name, VERIFIERS, "verify.verifier")
-    return factory()
+def build_verifier(name: str, task_default: str, strict_format: bool = False) -> Verifier:
+    """'auto' means the task's own checker; otherwise a built-in name or a user's 'module:attr' factory.
+
+    A user's factory is called with no arguments; built-ins take the answer-format setting.
+    """
+    chosen = task_default if name == "auto" else name
+    factory = resolve(chosen, VERIFIERS, "verify.verifier")
+    return factory(strict_format=strict_format) if chosen in VERIFIERS else factory()

@@ -1,4 +1,9 @@
-"""Pull the final answer out of a completion: the last 'Answer: ...' line, else the last \\boxed{...}."""
+"""Pull the final answer out of a completion.
+
+The prompt asks for a last line `Answer: <answer>`. Small models often state the answer another way,
+so extraction tries, in order: the last `Answer:` line, the last `\\boxed{...}`, the last "the answer
+is X", and (unless `strict`) the last number in the completion, as GSM8K's flexible extraction does.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,31 @@ _ANSWER_LINE = re.compile(
     r"^\W*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\W*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE
 )
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_IS = re.compile(r"\banswer\b[^\n]{0,40}?\bis\s*:?\s*([^\s,;]+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _WRAPPERS = ("**", "__", "`", "$")
 
 
-def extract_answer(completion: str) -> str | None:
-    """The text of the final answer, or None when the completion states none."""
-    matches = _ANSWER_LINE.findall(completion)
-    if matches:
-        answer = matches[-1].strip()
-    else:
-        boxed = _BOXED.findall(completion)
-        if not boxed:
-            return None
-        answer = boxed[-1].strip()
-    # Models decorate answers with markdown; strip matched wrappers and a trailing full stop.
-    answer = answer.rstrip(".").strip()
+def _clean(answer: str) -> str | None:
+    answer = answer.strip().rstrip(".").strip()
     changed = True
     while changed and answer:
         changed = False
-        for w in _WRAPPERS:
+        for w in _WRAPPERS:  # models decorate answers with markdown
             if len(answer) > 2 * len(w) and answer.startswith(w) and answer.endswith(w):
                 answer = answer[len(w) : -len(w)].strip()
                 changed = True
     answer = answer.rstrip(".").strip()
     return answer or None
+
+
+def extract_answer(completion: str, strict: bool = False) -> str | None:
+    """The text of the final answer, or None when the completion states none."""
+    for pattern in (_ANSWER_LINE, _BOXED, _ANSWER_IS):
+        matches = pattern.findall(completion)
+        if matches:
+            return _clean(matches[-1])
+    if strict:
+        return None
+    numbers = _NUMBER.findall(completion)
+    return numbers[-1].replace(",", "") if numbers else None

@@ -19,8 +19,11 @@ def answers_match(reference: str, answer: str) -> bool:
 class MathVerifier:
     name = "math"
 
+    def __init__(self, strict_format: bool = False):
+        self.strict_format = strict_format
+
     def verify(self, problem: Problem, sample: Sample) -> Verdict:
-        answer = extract_answer(sample.completion)
+        answer = extract_answer(sample.completion, self.strict_format)
         passed = answer is not None and answers_match(problem.reference, answer)
         return Verdict(
             sample_id=sample.id,
