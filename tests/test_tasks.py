@@ -40,6 +40,14 @@ def test_jsonl_split_covers_distinct_prompts(sums_jsonl):
     assert not _questions(split.train) & _questions(split.heldout)
 
 
+def test_jsonl_solution_is_shown_for_the_exemplar(tmp_path):
+    rows = [{"prompt": f"{i} + 1 =", "answer": str(i + 1), "solution": f"{i} plus one is {i + 1}"} for i in range(5)]
+    split = build_task(TaskConfig(source="jsonl", path=str(write_jsonl(tmp_path / "s.jsonl", rows)),
+                                  train_size=2, eval_size=2)).split()
+    ex = split.exemplar
+    assert f"{ex.meta['question']}\n{ex.meta['solution']}\nAnswer: {ex.reference}\n" in split.train[0].prompt
+
+
 def test_jsonl_with_duplicate_prompts_never_leaks_across_the_split(tmp_path):
     rows = [{"prompt": f"Q{i % 10}", "answer": str(i % 10)} for i in range(40)]
     path = write_jsonl(tmp_path / "dup.jsonl", rows)

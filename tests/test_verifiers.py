@@ -13,6 +13,7 @@ from selfplay.verifiers import build_verifier, extract_answer
         ("The answer: 9", "9"),
         ("so the result is \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
         ("The answer to the problem is 14.", "14"),
+        ("The final answer to the arithmetic problem is 96 + 60 = 156.", "156"),
         ("12 + 5 - 3 = 14\n\nThis is the final result.", "14"),
         ("It costs 1,250 dollars", "1250"),
         ("no final line here", None),

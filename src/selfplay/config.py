@@ -38,13 +38,16 @@ class TaskConfig(_Section):
     source: Literal["reasoning_gym", "jsonl"] = Field(
         "reasoning_gym", description="Where problems come from: a reasoning-gym dataset or a JSONL file."
     )
-    dataset: str = Field("chain_sum", description="reasoning-gym dataset name (source: reasoning_gym).")
+    dataset: str = Field("basic_arithmetic", description="reasoning-gym dataset name (source: reasoning_gym).")
     params: dict[str, Any] = Field(
-        default_factory=lambda: {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
+        default_factory=lambda: {
+            "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
+            "operators": ["+", "-", "*"], "allow_parentheses": False, "allow_negation": False,
+        },
         description="reasoning-gym dataset settings, passed to its config class.",
     )
     path: str | None = Field(None, description="JSONL file with 'prompt' and 'answer' per line (source: jsonl).")
-    train_size: int = Field(64, ge=1, description="Problems in the training split.")
+    train_size: int = Field(96, ge=1, description="Problems in the training split.")
     eval_size: int = Field(100, ge=1, description="Held-out problems, never used for generation or training.")
     seed: int = Field(0, description="Seed for problem generation and the train / held-out split.")
     one_shot: bool = Field(True, description="Prepend a short worked example that shows the answer format.")
@@ -55,7 +58,7 @@ class GenerateConfig(_Section):
     samples_per_problem: int = Field(8, ge=1, description="k: completions sampled per training problem.")
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    max_new_tokens: int = Field(64, ge=1, description="Cap on generated tokens per completion.")
+    max_new_tokens: int = Field(40, ge=1, description="Cap on generated tokens per completion.")
     batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
 
 
@@ -80,8 +83,8 @@ class TrainConfig(_Section):
         "base",
         description="Each iteration fine-tunes the base model (ReST-EM, STaR) or the previous iteration's model.",
     )
-    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate (linear decay, no warm-up).")
-    epochs: float = Field(2.0, gt=0.0, description="Passes over the iteration's training set.")
+    learning_rate: float = Field(5e-4, gt=0.0, description="Peak learning rate (linear decay, no warm-up).")
+    epochs: float = Field(3.0, gt=0.0, description="Passes over the iteration's training set.")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step per device.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(256, ge=8, description="Truncate prompt + completion to this many tokens.")
@@ -98,7 +101,7 @@ class EvalConfig(_Section):
     pass_k: int = Field(4, ge=1, description="k of pass@k; at most `samples`.")
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature for pass@k.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold for pass@k.")
-    max_new_tokens: int = Field(64, ge=1, description="Cap on generated tokens per held-out completion.")
+    max_new_tokens: int = Field(40, ge=1, description="Cap on generated tokens per held-out completion.")
     batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
 
 

@@ -38,6 +38,7 @@ class RawItem:
     question: str
     answer: str
     meta: dict[str, Any]
+    solution: str | None = None  # worked steps, shown when the item is the one-shot exemplar
 
 
 def problem_id(prefix: str, question: str) -> str:
@@ -45,10 +46,11 @@ def problem_id(prefix: str, question: str) -> str:
 
 
 def render_prompt(question: str, exemplar: RawItem | None) -> str:
-    """The user message: an optional one-line-answer example, the question, and the answer format."""
+    """The user message: an optional worked example, the question, and the answer format."""
     parts = []
     if exemplar is not None:
-        parts.append(f"Example:\n{exemplar.question}\nAnswer: {exemplar.answer}\n")
+        steps = f"{exemplar.solution}\n" if exemplar.solution else ""
+        parts.append(f"Example:\n{exemplar.question}\n{steps}Answer: {exemplar.answer}\n")
     parts.append(question)
     parts.append(ANSWER_INSTRUCTION)
     return "\n".join(parts)

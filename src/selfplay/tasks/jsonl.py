@@ -1,4 +1,8 @@
-"""Problems from a JSONL file: one object per line with a 'prompt' and an 'answer', checked by math-verify."""
+"""Problems from a JSONL file, checked by math-verify.
+
+One object per line with a 'prompt' and an 'answer'; an optional 'solution' (worked steps) is shown when the
+problem serves as the one-shot example. Other fields are kept in the problem's meta.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,10 @@ class JsonlTask:
                 if not isinstance(obj.get(key), (str, int, float)) or str(obj[key]).strip() == "":
                     raise UserError(f"{path}: line {lineno}: needs a non-empty '{key}' (string or number)")
             meta = {k: v for k, v in obj.items() if k not in ("prompt", "answer")}
-            items.append(RawItem(question=str(obj["prompt"]), answer=str(obj["answer"]), meta=meta))
+            solution = obj.get("solution")
+            items.append(
+                RawItem(str(obj["prompt"]), str(obj["answer"]), meta, str(solution) if solution is not None else None)
+            )
         if not items:
             raise UserError(f"{path}: no problems in the file")
         return items

@@ -13,7 +13,7 @@ _ANSWER_LINE = re.compile(
     r"^\W*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\W*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE
 )
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_ANSWER_IS = re.compile(r"\banswer\b[^\n]{0,40}?\bis\s*:?\s*([^\s,;]+)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\banswer\b[^\n]{0,40}?\bis\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _WRAPPERS = ("**", "__", "`", "$")
 
@@ -33,10 +33,14 @@ def _clean(answer: str) -> str | None:
 
 def extract_answer(completion: str, strict: bool = False) -> str | None:
     """The text of the final answer, or None when the completion states none."""
-    for pattern in (_ANSWER_LINE, _BOXED, _ANSWER_IS):
+    for pattern in (_ANSWER_LINE, _BOXED):
         matches = pattern.findall(completion)
         if matches:
             return _clean(matches[-1])
+    stated = _ANSWER_IS.findall(completion)
+    if stated:
+        # "the answer is 96 + 60 = 156." states its result after the last '='.
+        return _clean(stated[-1].rsplit("=", 1)[-1])
     if strict:
         return None
     numbers = _NUMBER.findall(completion)
