@@ -53,7 +53,7 @@ def table(rows: list[dict], k: int, overhead: float, total: float) -> str:
         lo, hi = r["greedy_ci95"]
         plo, phi = r.get(f"pass@{k}_ci95", [0, 0])
 
-        def sec(name: str) -> str:
+        def sec(name: str, s: dict = s) -> str:
             return f"{s[name]:.0f}" if s.get(name) is not None else "-"
 
         out.append(

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from selfplay.errors import UserError
@@ -23,3 +25,23 @@ def test_bad_model_paths_are_clear(tmp_path):
 
 def test_local_folder_resolves_to_itself(tiny_model):
     assert resolve_model_path(str(tiny_model)) == tiny_model
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SELFPLAY_SLOW"), reason="converts the real 135M model; set SELFPLAY_SLOW=1")
+def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
+    from selfplay.generation import SamplingParams, TransformersGenerator
+    from selfplay.models import load_model, load_tokenizer, placement
+    from selfplay.records import Problem
+
+    monkeypatch.setenv("SELFPLAY_CACHE", str(tmp_path))
+    path = resolve_model_path("embedded:smollm2-135m-instruct")
+    assert path == tmp_path / "models" / "smollm2-135m-instruct" and (path / "model.safetensors").is_file()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path("embedded:smollm2-135m-instruct") == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # converted once, then reused
+    where = placement("cpu", "float32")
+    gen = TransformersGenerator(load_model(path, where), load_tokenizer(path), "smol", 4)
+    problem = Problem("p", "What is the capital of France?", "Paris")
+    [[sample]] = gen.generate([problem], SamplingParams(max_new_tokens=12))
+    assert "Paris" in sample.completion

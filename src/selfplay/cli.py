@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -89,8 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(rundir.path / "eval", heldout, pool, model_path, verifier, cfg.eval, cfg.seed)
     finally:
         rundir.unlock()
-    print(json.dumps({"model": str(model_path), "task": cfg.task.dataset if cfg.task.source == "reasoning_gym"
-                      else cfg.task.path, **result["metrics"]}, indent=2))
+    task = cfg.task.dataset if cfg.task.source == "reasoning_gym" else cfg.task.path
+    print(json.dumps({"model": str(model_path), "task": task, **result["metrics"]}, indent=2))
     print(f"Samples and verdicts: {rundir.path / 'eval'}", file=sys.stderr)
     return 0
 
@@ -110,7 +110,9 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "init": cmd_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfplay", description="Make a language model better on its own verified output.")
+    parser = argparse.ArgumentParser(
+        prog="selfplay", description="Make a language model better by training it on its own verified output."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="start a run (or continue it, if its folder exists with the same config)")
@@ -119,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a run from its last finished stage")
     p.add_argument("run_dir", help="the run folder, e.g. runs/rft-default")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the frozen config (need --allow-config-change)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="changes to the frozen config (need --allow-config-change)"
+    )
     p.add_argument("--allow-config-change", action="store_true", help="accept overrides that change the frozen config")
 
     p = sub.add_parser("eval", help="held-out accuracy and pass@k of a model on a task")
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfplay: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nselfplay: interrupted; finished stages are kept. Continue with: selfplay resume RUN_DIR", file=sys.stderr)
+        print("\nselfplay: interrupted; finished stages are kept. Continue with: selfplay resume RUN_DIR",
+              file=sys.stderr)
         return 130
 
 

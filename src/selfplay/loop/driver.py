@@ -131,4 +131,4 @@ def format_table(rows: list[dict[str, Any]], pass_k: int | None) -> str:
         line += [f"{r['mean_length']:.1f}", str(r.get("kept", "-")), str(r.get("problems_solved", "-"))]
         lines.append(line)
     widths = [max(len(row[c]) for row in lines) for c in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines)
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)

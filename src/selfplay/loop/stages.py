@@ -206,7 +206,7 @@ def evaluate(
         metrics.update(sampled_metrics([verifier.verify(by_id[s.problem_id], s) for s in sampled], cfg.pass_k))
     atomic_write_jsonl(
         it_dir / "eval_samples.jsonl",
-        ({**to_dict(s), "verdict": to_dict(v)} for s, v in zip(greedy, greedy_verdicts)),
+        ({**to_dict(s), "verdict": to_dict(v)} for s, v in zip(greedy, greedy_verdicts, strict=True)),
     )
     summary = {"model": str(model_path), "metrics": metrics, "seconds": time.perf_counter() - start}
     atomic_write_json(summary_path, summary)
