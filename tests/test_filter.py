@@ -13,3 +13,13 @@ def test_keeps_verified_drops_repeats_caps_per_problem_and_counts_solved():
     assert stats.duplicates == 1 and stats.over_cap == 1 and stats.passed == 5
     assert stats.problems_solved == 2 and stats.kept == 3
     assert examples[0].prompt == "A?" and examples[0].id == "it2/a/s0" and examples[0].iteration == 2
+
+
+def test_truncated_samples_are_dropped_unless_asked_to_keep_them():
+    problems = [Problem("a", "A?", "1")]
+    samples = [Sample("a/s0", "a", "1 and then on and on", 40, "length", "m"), Sample("a/s1", "a", "1", 2, "stop", "m")]
+    verdicts = [Verdict(s.id, "a", 1.0, True, "1", "v") for s in samples]
+    examples, stats = keep_verified(problems, samples, verdicts, iteration=1, max_per_problem=4)
+    assert [e.sample_id for e in examples] == ["a/s1"] and stats.truncated == 1
+    examples, _ = keep_verified(problems, samples, verdicts, iteration=1, max_per_problem=4, drop_truncated=False)
+    assert len(examples) == 2

@@ -75,6 +75,9 @@ class VerifyConfig(_Section):
 class FilterConfig(_Section):
     max_per_problem: int = Field(4, ge=1, description="Keep at most this many verified samples per problem.")
     dedupe: bool = Field(True, description="Drop samples whose completion text repeats one already kept.")
+    drop_truncated: bool = Field(
+        True, description="Drop verified samples that hit max_new_tokens before ending (their answer may be luck)."
+    )
 
 
 class TrainConfig(_Section):

@@ -13,6 +13,7 @@ from selfplay.records import Example, Problem, Sample, Verdict
 class FilterStats:
     samples: int = 0
     passed: int = 0
+    truncated: int = 0  # passed, but cut off at the token cap: the model never finished them
     duplicates: int = 0
     over_cap: int = 0
     kept: int = 0
@@ -33,6 +34,7 @@ def keep_verified(
     iteration: int,
     max_per_problem: int,
     dedupe: bool = True,
+    drop_truncated: bool = True,
 ) -> tuple[list[Example], FilterStats]:
     """SFT examples from the samples that passed, in sample order, with per-problem counts."""
     by_id = {p.id: p for p in problems}
@@ -43,6 +45,10 @@ def keep_verified(
     examples: list[Example] = []
     for s in samples:
         if s.id not in passed:
+            continue
+        if drop_truncated and s.finish_reason == "length":
+            # Training on a cut-off completion teaches the model to ramble and never stop.
+            stats.truncated += 1
             continue
         key = _norm(s.completion)
         if dedupe and key in seen[s.problem_id]:

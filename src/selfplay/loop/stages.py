@@ -150,7 +150,8 @@ def filter_(it_dir: Path, problems: Sequence[Problem], iteration: int, cfg: Filt
     samples = load_records(it_dir / "samples.jsonl", Sample)
     verdicts = load_records(it_dir / "verdicts.jsonl", Verdict)
     examples, stats = keep_verified(
-        problems, samples, verdicts, iteration=iteration, max_per_problem=cfg.max_per_problem, dedupe=cfg.dedupe
+        problems, samples, verdicts, iteration=iteration, max_per_problem=cfg.max_per_problem, dedupe=cfg.dedupe,
+        drop_truncated=cfg.drop_truncated,
     )
     atomic_write_jsonl(it_dir / "train.jsonl", (to_dict(e) for e in examples))
     summary = {**asdict(stats), "seconds": time.perf_counter() - start}
