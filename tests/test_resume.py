@@ -96,3 +96,23 @@ def test_sigkill_during_training_resumes_from_the_last_checkpoint(tiny_model, su
     assert (run / "iter-001" / "model" / "model.safetensors").is_file()
     assert (run / "iter-001" / "samples.jsonl").stat().st_mtime_ns == samples_before  # not sampled again
     assert [m["iteration"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_model, sums_jsonl, tmp_path):
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, **LONG_GENERATION)
+    run = tmp_path / "t"
+    partial = run / "iter-001" / "samples.partial.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _line_count(partial) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"continue with: selfplay resume {run}" in out
+    assert err.rstrip().splitlines()[-1] == "selfplay: interrupted" and "Traceback" not in err
+    assert json.loads((run / "state.json").read_text())["status"] == "interrupted"
+    assert _line_count(partial) >= 2  # what was sampled before Ctrl-C is still there for the resume

@@ -161,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfplay: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nselfplay: interrupted; finished stages are kept. Continue with: selfplay resume RUN_DIR",
-              file=sys.stderr)
+        print("selfplay: interrupted", file=sys.stderr)
         return 130
 
 

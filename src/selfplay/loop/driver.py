@@ -90,8 +90,10 @@ def execute(ctx: RunContext) -> list[dict[str, Any]]:
             RECIPES[cfg.recipe](ctx, i)
         rows = ctx.rundir.rebuild_metrics()
         ctx.rundir.write_state(status="finished", stage=None)
-    except BaseException:
+    except BaseException as e:
         ctx.rundir.write_state(status="interrupted")
+        if isinstance(e, KeyboardInterrupt):
+            print(f"\nStopped. Finished stages are kept; continue with: selfplay resume {ctx.rundir.path}", flush=True)
         raise
     finally:
         ctx.pool.release()
