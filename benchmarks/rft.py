@@ -94,11 +94,16 @@ def main() -> None:
         f"iterations={args.iterations}", f"task.eval_size={args.eval_size}",
         f"name={args.name}", f"output_dir={args.output_dir}", *args.overrides,
     ])
+    started_at = time.time()
     start = time.perf_counter()
     rows = run(cfg)
     total = time.perf_counter() - start
-    # Overhead: whatever the run spent outside the stages' own timed work (model loads, file I/O, set-up).
-    staged = sum(v for r in rows for v in r.get("seconds", {}).values() if v is not None)
+    # Overhead: what this process spent outside the stages' own timed work (model loads, file I/O, set-up).
+    # Stages finished by an earlier process (a resumed benchmark) are not part of this process's wall time.
+    staged = 0.0
+    for summary in Path(cfg.run_dir).glob("iter-*/*.json"):
+        if summary.stem in ("generate", "verify", "filter", "train", "eval") and summary.stat().st_mtime >= started_at:
+            staged += json.loads(summary.read_text()).get("seconds") or 0.0
     overhead = max(0.0, total - staged)
     k = cfg.eval.pass_k
     text = "\n".join([
