@@ -62,7 +62,7 @@ def table(rows: list[dict], k: int, overhead: float, total: float) -> str:
             f"| {sec('generate')} | {sec('verify')} | {sec('filter')} | {sec('train')} | {sec('eval')} |"
         )
     out.append("")
-    out.append(f"Total wall time {total / 60:.1f} min; loop overhead (outside generate, train and eval) "
+    out.append(f"Wall time of this process {total / 60:.1f} min; loop overhead (outside the timed stages) "
                f"{overhead:.1f} s = {overhead / total:.2%} of wall time.")
     return "\n".join(out)
 
