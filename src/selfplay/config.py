@@ -58,7 +58,7 @@ class GenerateConfig(_Section):
     samples_per_problem: int = Field(8, ge=1, description="k: completions sampled per training problem.")
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    max_new_tokens: int = Field(40, ge=1, description="Cap on generated tokens per completion.")
+    max_new_tokens: int = Field(32, ge=1, description="Cap on generated tokens per completion.")
     batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
 
 
@@ -73,7 +73,7 @@ class VerifyConfig(_Section):
 
 
 class FilterConfig(_Section):
-    max_per_problem: int = Field(4, ge=1, description="Keep at most this many verified samples per problem.")
+    max_per_problem: int = Field(2, ge=1, description="Keep at most this many verified samples per problem.")
     dedupe: bool = Field(True, description="Drop samples whose completion text repeats one already kept.")
     drop_truncated: bool = Field(
         True, description="Drop verified samples that hit max_new_tokens before ending (their answer may be luck)."
@@ -87,7 +87,7 @@ class TrainConfig(_Section):
         description="Each iteration fine-tunes the base model (ReST-EM, STaR) or the previous iteration's model.",
     )
     learning_rate: float = Field(5e-4, gt=0.0, description="Peak learning rate (linear decay, no warm-up).")
-    epochs: float = Field(3.0, gt=0.0, description="Passes over the iteration's training set.")
+    epochs: float = Field(2.0, gt=0.0, description="Passes over the iteration's training set.")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step per device.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(256, ge=8, description="Truncate prompt + completion to this many tokens.")
@@ -104,7 +104,7 @@ class EvalConfig(_Section):
     pass_k: int = Field(4, ge=1, description="k of pass@k; at most `samples`.")
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature for pass@k.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold for pass@k.")
-    max_new_tokens: int = Field(40, ge=1, description="Cap on generated tokens per held-out completion.")
+    max_new_tokens: int = Field(32, ge=1, description="Cap on generated tokens per held-out completion.")
     batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
 
 
