@@ -152,3 +152,13 @@ def test_missing_config_file_and_unwritable_run_folder(tiny_model, sums_jsonl, t
     args = tiny_overrides(tiny_model, sums_jsonl, blocker / "runs")
     assert main(["run", *args]) == 2
     assert "cannot write the run folder" in capsys.readouterr().err
+
+
+def test_overrides_after_options_are_applied_and_strays_refused(tiny_model, sums_jsonl, tmp_path, capsys):
+    # `task.train_size=500` comes after `--task`; it is applied, so the split fails for want of problems.
+    out = tmp_path / "ev"
+    code = main(["eval", str(tiny_model), "--task", str(sums_jsonl), "--out", str(out), "task.train_size=500"])
+    assert code == 2 and "distinct problems, but train_size + eval_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tiny_model), "--task", str(sums_jsonl), "stray"])
+    assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
