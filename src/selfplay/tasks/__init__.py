@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from selfplay.config import TaskConfig
-from selfplay.tasks.base import ANSWER_INSTRUCTION, Split, Task, render_prompt
+from dataclasses import replace
+
+from selfplay.config import ControlTaskConfig, TaskConfig
+from selfplay.records import Problem
+from selfplay.tasks.base import ANSWER_INSTRUCTION, Split, Task, exemplar_item, render_prompt
 from selfplay.tasks.jsonl import JsonlTask
 from selfplay.tasks.reasoning_gym import ReasoningGymTask
 
-__all__ = ["ANSWER_INSTRUCTION", "Split", "Task", "TASKS", "build_task", "render_prompt"]
+__all__ = [
+    "ANSWER_INSTRUCTION", "Split", "Task", "TASKS", "build_control", "build_task", "fresh_problems", "render_prompt",
+]
 
 
 def _reasoning_gym(cfg: TaskConfig) -> Task:
@@ -23,3 +28,24 @@ TASKS = {"reasoning_gym": _reasoning_gym, "jsonl": _jsonl}
 
 def build_task(cfg: TaskConfig) -> Task:
     return TASKS[cfg.source](cfg)
+
+
+def build_control(cfg: ControlTaskConfig) -> tuple[list[Problem], str]:
+    """A control task's problems (all of them evaluation problems) and its default checker."""
+    if cfg.source == "jsonl":
+        task: Task = JsonlTask(cfg.path or "", 0, cfg.size, cfg.seed, cfg.one_shot)
+    else:
+        task = ReasoningGymTask(cfg.dataset, dict(cfg.params), 0, cfg.size, cfg.seed, cfg.one_shot)
+    split = task.split()
+    return [replace(p, id=f"{cfg.name}:{p.id}") for p in split.heldout], task.default_verifier
+
+
+def fresh_problems(
+    cfg: TaskConfig, size: int, seed: int, exclude: set[str], exemplar: Problem | None
+) -> tuple[list[Problem], str | None]:
+    """New problem variants from another seed, none in `exclude`; a note instead when the task cannot."""
+    if cfg.source != "reasoning_gym":
+        return [], "the task is a fixed file: no fresh variants (reasoning-gym tasks only)"
+    task = ReasoningGymTask(cfg.dataset, dict(cfg.params), cfg.train_size, cfg.eval_size, seed, cfg.one_shot)
+    found = task.fresh(size, seed, exclude, exemplar_item(exemplar) if exemplar is not None else None)
+    return found, None if found else "every generated problem was already in the train or held-out split"

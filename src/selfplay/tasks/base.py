@@ -75,15 +75,25 @@ def split_items(
 
     ordered = [unique[q] for q in sorted(unique, key=key)]
     exemplar = ordered.pop(0) if one_shot else None
+    heldout = [to_problem(prefix, i, exemplar) for i in ordered[:eval_size]]
+    train = [to_problem(prefix, i, exemplar) for i in ordered[eval_size : eval_size + train_size]]
+    return Split(train=train, heldout=heldout, exemplar=to_problem(prefix, exemplar, None) if exemplar else None)
 
-    def to_problem(item: RawItem) -> Problem:
-        return Problem(
-            id=problem_id(prefix, item.question),
-            prompt=render_prompt(item.question, exemplar),
-            reference=item.answer,
-            meta={"question": item.question, **item.meta},
-        )
 
-    heldout = [to_problem(i) for i in ordered[:eval_size]]
-    train = [to_problem(i) for i in ordered[eval_size : eval_size + train_size]]
-    return Split(train=train, heldout=heldout, exemplar=to_problem(exemplar) if exemplar else None)
+def to_problem(prefix: str, item: RawItem, exemplar: RawItem | None) -> Problem:
+    meta = {"question": item.question, **item.meta}
+    if item.solution is not None:
+        meta["solution"] = item.solution
+    return Problem(
+        id=problem_id(prefix, item.question),
+        prompt=render_prompt(item.question, exemplar),
+        reference=item.answer,
+        meta=meta,
+    )
+
+
+def exemplar_item(problem: Problem) -> RawItem:
+    """The RawItem a frozen exemplar Problem was made from, to render new prompts the same way."""
+    meta = dict(problem.meta)
+    question, solution = meta.pop("question", problem.prompt), meta.pop("solution", None)
+    return RawItem(question=question, answer=problem.reference, meta=meta, solution=solution)

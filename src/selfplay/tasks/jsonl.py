@@ -1,7 +1,8 @@
 """Problems from a JSONL file, checked by math-verify.
 
 One object per line with a 'prompt' and an 'answer'; an optional 'solution' (worked steps) is shown when the
-problem serves as the one-shot example. Other fields are kept in the problem's meta.
+problem serves as the one-shot example, and an optional 'category' groups accuracy in the report. Other fields
+are kept in the problem's meta. A path 'builtin:NAME' names a file shipped in selfplay/data/.
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ from pathlib import Path
 from selfplay.errors import UserError
 from selfplay.files import iter_jsonl
 from selfplay.tasks.base import RawItem, Split, split_items
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+def data_path(path: str) -> Path:
+    """A file path, or 'builtin:NAME' for selfplay/data/NAME.jsonl."""
+    if path.startswith("builtin:"):
+        name = path.removeprefix("builtin:")
+        found = DATA_DIR / f"{name}.jsonl"
+        if not found.is_file():
+            known = ", ".join(sorted(f"builtin:{p.stem}" for p in DATA_DIR.glob("*.jsonl")))
+            raise UserError(f"{path}: no such built-in data file (known: {known})")
+        return found
+    return Path(path)
 
 
 @dataclass
@@ -25,10 +40,10 @@ class JsonlTask:
 
     @property
     def name(self) -> str:
-        return f"jsonl:{Path(self.path).name}"
+        return f"jsonl:{data_path(self.path).name}"
 
     def load(self) -> list[RawItem]:
-        path = Path(self.path)
+        path = data_path(self.path)
         if not path.is_file():
             raise UserError(f"task.path: file not found: {path}")
         items = []
@@ -48,7 +63,7 @@ class JsonlTask:
     def split(self) -> Split:
         return split_items(
             self.load(),
-            prefix=Path(self.path).stem,
+            prefix=data_path(self.path).stem,
             train_size=self.train_size,
             eval_size=self.eval_size,
             seed=self.seed,

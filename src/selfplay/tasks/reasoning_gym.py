@@ -8,7 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.tasks.base import RawItem, Split, split_items
+from selfplay.records import Problem
+from selfplay.tasks.base import RawItem, Split, split_items, to_problem
+
+
+def _category(dataset: str, metadata: dict[str, Any]) -> str | None:
+    """A label to group accuracy by, so a class of problems that stays wrong shows in the report."""
+    if dataset == "basic_arithmetic" and "expression" in metadata:
+        ops = [op for op in ("+", "-", "*", "/") if f" {op} " in metadata["expression"]]
+        return " ".join(ops) or "none"
+    if "source_dataset" in metadata and metadata["source_dataset"] != dataset:  # composite datasets
+        return str(metadata["source_dataset"])
+    if isinstance(metadata.get("difficulty"), dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(metadata["difficulty"].items()))
+    return None
 
 
 @dataclass
@@ -43,11 +56,14 @@ class ReasoningGymTask:
             safe = json.loads(json.dumps(entry, default=str))
             # No worked solution for the exemplar: measured on basic_arithmetic with SmolLM2-135M, showing
             # the expression's working halved greedy accuracy (12.5% vs 23% on 48 problems).
-            items.append(RawItem(question=entry["question"], answer=str(entry["answer"]), meta={"entry": safe}))
+            meta = {"entry": safe}
+            category = _category(self.dataset, safe.get("metadata") or {})
+            if category is not None:
+                meta["category"] = category
+            items.append(RawItem(question=entry["question"], answer=str(entry["answer"]), meta=meta))
         return items
 
-    def split(self) -> Split:
-        need = self.train_size + self.eval_size + 1
+    def _pool(self, need: int) -> list[RawItem]:
         size = need * 2
         # Easy settings repeat questions, so grow the pool until enough distinct ones exist.
         for _ in range(4):
@@ -55,6 +71,24 @@ class ReasoningGymTask:
             if len({i.question for i in items}) >= need:
                 break
             size *= 4
+        return items
+
+    def fresh(self, size: int, seed: int, exclude: set[str], exemplar: RawItem | None) -> list[Problem]:
+        """Up to `size` new problems from another seed, none of whose questions is in `exclude`."""
+        generator = ReasoningGymTask(self.dataset, self.params, self.train_size, self.eval_size, seed, self.one_shot)
+        items = generator._pool(size + len(exclude))
+        out: dict[str, Problem] = {}
+        for item in items:
+            q = item.question.strip()
+            if q in exclude or q in out:
+                continue
+            out[q] = to_problem(f"{self.dataset}-fresh", item, exemplar)
+            if len(out) == size:
+                break
+        return list(out.values())
+
+    def split(self) -> Split:
+        items = self._pool(self.train_size + self.eval_size + 1)
         return split_items(
             items,
             prefix=self.dataset,

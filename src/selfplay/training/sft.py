@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import TrainConfig
+from selfplay.errors import UserError
 from selfplay.files import atomic_replace_dir
 from selfplay.models import Placement, load_model, load_tokenizer
 from selfplay.records import Example
@@ -94,6 +95,16 @@ def train_sft(
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config
     )
+    # trl drops examples whose prompt alone fills max_length (no completion token is left to learn).
+    left = len(trainer.train_dataset)
+    if left == 0:
+        raise UserError(
+            f"train.max_length: {cfg.max_length} tokens leaves no room for any completion (every prompt fills it); "
+            "raise train.max_length"
+        )
+    if left < len(examples):
+        print(f"train: {len(examples) - left} of {len(examples)} examples dropped: their prompt fills "
+              f"train.max_length ({cfg.max_length} tokens)", flush=True)
     tokens_per_epoch = sum(len(x) for x in trainer.train_dataset["input_ids"])
     resume_from = _latest_checkpoint(work_dir)
     start = time.perf_counter()

@@ -12,8 +12,14 @@ def answers_match(reference: str, answer: str) -> bool:
     gold, pred = parse(reference), parse(answer)
     if gold and pred:
         return bool(verify(gold, pred))
-    # Not mathematics (a word, a name): fall back to a case-insensitive exact match.
-    return reference.strip().casefold() == answer.strip().casefold()
+    # Not mathematics (a word, a name): fall back to an exact match, ignoring case and a leading article.
+    return _word(reference) == _word(answer)
+
+
+def _word(text: str) -> str:
+    text = text.strip().rstrip(".").strip().casefold()
+    first, _, rest = text.partition(" ")
+    return rest if rest and first in ("the", "a", "an") else text
 
 
 class MathVerifier:

@@ -1,0 +1,76 @@
+"""Stop rules: after each evaluation, go on, stop, or roll back, and which iteration is the best so far.
+
+The iteration cap always holds (config). The others are optional:
+- plateau: no gain over the best for P iterations;
+- degradation: the held-out metric falls more than `max_drop` below the best, or so far that its 95%
+  interval's upper end is under the best value; or a control task falls `control_max_drop` below
+  iteration 0 (forgetting). On degradation the run stops (or rolls back to the best model), and the best
+  iteration, not the last, is the one `selfplay export` hands out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from selfplay.config import StopConfig
+
+
+def best_iteration(rows: Sequence[dict[str, Any]], metric: str) -> int:
+    """The iteration with the highest value of `metric` (the earliest on a tie)."""
+    best = max(rows, key=lambda r: (r[metric], -r["iteration"]))
+    return int(best["iteration"])
+
+
+def decide(
+    rows: Sequence[dict[str, Any]], cfg: StopConfig, max_iterations: int, alarms: Sequence[str] = (),
+    stop_on_alarm: bool = False,
+) -> dict[str, Any]:
+    """The decision after the last row of `rows` (one per evaluated iteration, oldest first)."""
+    metric = cfg.metric
+    current = rows[-1]
+    i = int(current["iteration"])
+    best = best_iteration(rows, metric)
+    by_iter = {int(r["iteration"]): r for r in rows}
+    best_value = by_iter[best][metric]
+    reasons: list[str] = []
+
+    if i > 0 and best != i:
+        drop = best_value - current[metric]
+        if cfg.max_drop is not None and drop > cfg.max_drop:
+            reasons.append(f"{metric} fell {drop:.1%} below the best (iteration {best}), more than {cfg.max_drop:.1%}")
+        ci = current.get("greedy_ci95" if metric == "greedy_accuracy" else f"{metric}_ci95")
+        if cfg.drop_beyond_ci and ci and ci[1] < best_value:
+            reasons.append(
+                f"{metric} {current[metric]:.1%} is below the best ({best_value:.1%}, iteration {best}) "
+                f"beyond its 95% interval [{ci[0]:.1%}, {ci[1]:.1%}]"
+            )
+    if i > 0 and cfg.control_max_drop is not None:
+        base_controls = rows[0].get("control", {})
+        for name, acc in current.get("control", {}).items():
+            if name in base_controls and base_controls[name] - acc > cfg.control_max_drop:
+                reasons.append(
+                    f"control task {name} fell from {base_controls[name]:.1%} to {acc:.1%} "
+                    f"(more than {cfg.control_max_drop:.1%}): the model is forgetting"
+                )
+    decision: dict[str, Any] = {"iteration": i, "best_iteration": best, "metric": metric, "best_value": best_value}
+    if reasons:
+        action = "rollback" if cfg.on_degrade == "rollback" and i < max_iterations else "stop"
+        return {**decision, "action": action, "degraded": True, "reasons": reasons}
+    if alarms and stop_on_alarm:
+        return {**decision, "action": "stop", "degraded": False, "reasons": [f"guard alarm: {a}" for a in alarms]}
+    if cfg.plateau is not None and i > 0:
+        last_gain = 0
+        value = rows[0][metric]
+        for r in rows[1:]:
+            if r[metric] > value + cfg.min_gain:
+                value, last_gain = r[metric], int(r["iteration"])
+        if i - last_gain >= cfg.plateau:
+            return {
+                **decision, "action": "stop", "degraded": False,
+                "reasons": [f"plateau: no gain in {metric} for {i - last_gain} iteration(s)"],
+            }
+    if i >= max_iterations:
+        cap = f"reached the {max_iterations}-iteration cap"
+        return {**decision, "action": "finish", "degraded": False, "reasons": [cap]}
+    return {**decision, "action": "continue", "degraded": False, "reasons": []}

@@ -1,0 +1,171 @@
+"""Human review gates: pause after the filter stage, show a person a sample of the training data, wait.
+
+Files in the iteration folder:
+    review.request.json   the examples shown (a seeded random sample of train.jsonl with their verdicts)
+    review.html           the same, as a static page
+    review.decision.json  written by `selfplay approve` / `selfplay reject` (atomically; another shell works)
+    review.json           the gate's stage summary, written once the waiting run has taken the decision
+
+The waiting run polls for the decision file, so it can be approved from another shell; a run killed while
+waiting resumes into the same wait, and the decision can be given before it resumes.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selfplay.errors import UserError
+from selfplay.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from selfplay.records import Problem
+
+REQUEST, DECISION, SUMMARY, PAGE = "review.request.json", "review.decision.json", "review.json", "review.html"
+
+
+class ReviewRejected(Exception):
+    """A reviewer rejected an iteration's training data; the run stops."""
+
+
+def build_request(it_dir: Path, problems: Sequence[Problem], sample_size: int, seed: int) -> dict[str, Any]:
+    by_id = {p.id: p for p in problems}
+    examples = read_jsonl(it_dir / "train.jsonl")
+    verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), min(sample_size, len(examples))))
+    shown = []
+    for idx in chosen:
+        ex = examples[idx]
+        problem = by_id.get(ex["problem_id"])
+        shown.append({
+            "id": ex["id"],
+            "problem_id": ex["problem_id"],
+            "question": str(problem.meta.get("question", problem.prompt)) if problem else ex["prompt"],
+            "reference": problem.reference if problem else None,
+            "completion": ex["completion"],
+            "verdict": verdicts.get(ex["sample_id"]),
+        })
+    return {"iteration": int(it_dir.name.split("-")[1]), "examples_total": len(examples), "shown": shown}
+
+
+def render_page(request: dict[str, Any], run_path: Path) -> str:
+    """A static page of the request; model text is escaped, never interpreted."""
+    rows = []
+    for ex in request["shown"]:
+        v = ex.get("verdict") or {}
+        rows.append(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+                ex["id"], ex["question"], ex["reference"], v.get("answer"), v.get("score"),
+            )) + f"<td><pre>{html.escape(ex['completion'])}</pre></td></tr>"
+        )
+    i = request["iteration"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Review iteration {i}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px;vertical-align:top}}pre{{white-space:pre-wrap;margin:0;max-width:40em}}</style></head><body>
+<h1>Review: iteration {i} of {html.escape(str(run_path))}</h1>
+<p>{len(request['shown'])} of {request['examples_total']} training examples, chosen at random.</p>
+<p>Approve: <code>selfplay approve {html.escape(str(run_path))} [--reject ID ...]</code> &nbsp;
+Reject (stops the run): <code>selfplay reject {html.escape(str(run_path))}</code></p>
+<table><tr><th>example id</th><th>question</th><th>reference</th><th>answer</th><th>score</th><th>completion</th></tr>
+{''.join(rows)}</table></body></html>"""
+
+
+def gate(it_dir: Path, run_path: Path, problems: Sequence[Problem], sample_size: int, seed: int,
+         poll_seconds: float) -> dict[str, Any]:
+    """Write the review request if needed and wait for a decision; the summary lists rejected example ids."""
+    summary_path = it_dir / SUMMARY
+    if summary_path.is_file():
+        summary = read_json(summary_path)
+    else:
+        if not (it_dir / REQUEST).is_file():
+            request = build_request(it_dir, problems, sample_size, seed)
+            atomic_write_text(it_dir / PAGE, render_page(request, run_path))
+            atomic_write_json(it_dir / REQUEST, request)
+        decision_path = it_dir / DECISION
+        if not decision_path.is_file():
+            print(
+                f"\n{it_dir.name}: waiting for review of the training data ({it_dir / PAGE}).\n"
+                f"  show:    selfplay review {run_path}\n"
+                f"  go on:   selfplay approve {run_path} [--reject EXAMPLE_ID ...]\n"
+                f"  stop:    selfplay reject {run_path}\n"
+                "This process waits; Ctrl-C is safe, and `selfplay resume` comes back to this point.",
+                flush=True,
+            )
+        while not decision_path.is_file():
+            time.sleep(poll_seconds)
+        decision = read_json(decision_path)
+        summary = {**decision, "seconds": 0.0}
+        atomic_write_json(summary_path, summary)
+    if summary["decision"] == "rejected":
+        raise ReviewRejected(f"{it_dir.name}: a reviewer rejected the training data; the run stops here")
+    return summary
+
+
+def pending(run_path: Path) -> Path | None:
+    """The iteration folder whose review is waiting for a decision, if any."""
+    waiting = [d for d in sorted(run_path.glob("iter-[0-9][0-9][0-9]")) if (d / REQUEST).is_file()
+               and not (d / DECISION).is_file()]
+    return waiting[-1] if waiting else None
+
+
+def latest_request(run_path: Path) -> Path | None:
+    requests = sorted(run_path.glob(f"iter-[0-9][0-9][0-9]/{REQUEST}"))
+    return requests[-1].parent if requests else None
+
+
+def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reason: str | None = None) -> str:
+    """Record a reviewer's decision for the waiting iteration; giving the same decision twice is harmless."""
+    run_path = Path(run_path)
+    if not (run_path / "config.yaml").is_file():
+        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
+    it_dir = pending(run_path)
+    if it_dir is None:
+        last = latest_request(run_path)
+        if last is not None and (last / DECISION).is_file():
+            earlier = read_json(last / DECISION)
+            if earlier["decision"] == decision and sorted(earlier.get("rejected_ids", [])) == sorted(rejected_ids):
+                return f"{last.name}: already {decision}; nothing to do"
+            raise UserError(f"{last.name}: already {earlier['decision']}; a decision cannot be changed")
+        raise UserError(f"{run_path}: no iteration is waiting for review")
+    known = {row["id"] for row in read_jsonl(it_dir / "train.jsonl")}
+    unknown = [r for r in rejected_ids if r not in known]
+    if unknown:
+        raise UserError(f"{it_dir.name}: no training example with id {unknown[0]!r} (see selfplay review {run_path})")
+    record: dict[str, Any] = {
+        "decision": decision, "rejected_ids": sorted(set(rejected_ids)),
+        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if reason:
+        record["reason"] = reason
+    atomic_write_json(it_dir / DECISION, record)
+    removed = f", {len(record['rejected_ids'])} example(s) removed" if record["rejected_ids"] else ""
+    return f"{it_dir.name}: {decision}{removed}"
+
+
+def _printable(text: object) -> str:
+    """Model text for a terminal: control characters (escape sequences) shown escaped, not obeyed."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in str(text))
+
+
+def show(run_path: Path) -> str:
+    """The waiting (or latest) review request as terminal text."""
+    run_path = Path(run_path)
+    it_dir = pending(run_path) or latest_request(run_path)
+    if it_dir is None:
+        raise UserError(f"{run_path}: no review has been requested (set review.every to pause for review)")
+    request = read_json(it_dir / REQUEST)
+    decided = it_dir / DECISION
+    state = f"decided: {read_json(decided)['decision']}" if decided.is_file() else "waiting for a decision"
+    lines = [f"{it_dir.name}: {len(request['shown'])} of {request['examples_total']} training examples ({state})",
+             f"page: {it_dir / PAGE}", ""]
+    for ex in request["shown"]:
+        v = ex.get("verdict") or {}
+        lines.append(f"[{ex['id']}]  reference: {_printable(ex['reference'])}  answer: {_printable(v.get('answer'))}"
+                     f"  score: {v.get('score')}")
+        lines.append(f"  question:   {_printable(ex['question'])}")
+        completion = _printable(ex["completion"]).replace("\n", "\n              ")
+        lines.append(f"  completion: {completion}")
+        lines.append("")
+    return "\n".join(lines)

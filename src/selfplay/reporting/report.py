@@ -1,0 +1,310 @@
+"""`report.html`: one self-contained page per run, with plots across iterations and the data's lineage.
+
+Plots are drawn with matplotlib (Agg) and embedded as PNG data URIs; the page loads nothing from
+outside, so it can be mailed or archived as one file. Model text is HTML-escaped, never interpreted.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from selfplay.errors import UserError
+from selfplay.files import atomic_write_text, read_json, read_jsonl
+from selfplay.loop.rundir import RunDir
+from selfplay.reporting.tensorboard import write_tensorboard
+
+GUARDS = ("degradation", "reward_hacking", "mode_collapse", "contamination", "persistent_failures")
+STAGES = ("generate", "verify", "filter", "review", "train", "eval")
+LINEAGE_ROWS = 25
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "–"
+
+
+def _figure(draw) -> str:
+    """Run `draw(ax)` on a new figure and return it as an <img> with a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    title = draw(ax)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}">'
+
+
+def _iters(rows: list[dict[str, Any]]) -> list[int]:
+    return [int(r["iteration"]) for r in rows]
+
+
+def _line(ax, rows, key, label, band_key=None, **kw) -> None:
+    pts = [(int(r["iteration"]), r[key], r.get(band_key) if band_key else None) for r in rows if r.get(key) is not None]
+    if not pts:
+        return
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    (line,) = ax.plot(xs, ys, marker="o", label=label, **kw)
+    bands = [p for p in pts if p[2]]
+    if bands:
+        ax.fill_between([p[0] for p in bands], [p[2][0] for p in bands], [p[2][1] for p in bands],
+                        color=line.get_color(), alpha=0.15)
+
+
+def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict[str, Any]]) -> list[str]:
+    from matplotlib.ticker import MaxNLocator
+
+    out = []
+    sets = sorted({k.removesuffix("/accuracy") for r in rows for k in r if k.endswith("/accuracy")})
+
+    def accuracy(ax):
+        _line(ax, rows, "greedy_accuracy", "held-out greedy", "greedy_ci95")
+        if pass_k:
+            _line(ax, rows, pass_k, f"held-out {pass_k}", f"{pass_k}_ci95")
+        for name in sets:
+            _line(ax, rows, f"{name}/accuracy", name, f"{name}/ci95", linestyle="--")
+        ax.set_ylim(0, 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration")
+        return "Accuracy (95% intervals shaded)"
+
+    out.append(_figure(accuracy))
+
+    def data(ax):
+        xs = [int(r["iteration"]) for r in rows if "kept" in r]
+        if xs:
+            ax.bar([x - 0.2 for x in xs], [r["kept"] for r in rows if "kept" in r], width=0.4, label="examples kept")
+            ax.bar([x + 0.2 for x in xs], [r["problems_solved"] for r in rows if "kept" in r], width=0.4,
+                   label="training problems solved")
+            ax.plot(xs, [r.get("contaminated", 0) for r in rows if "kept" in r], "rx", label="contaminated (dropped)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration")
+        return "Training data per iteration"
+
+    out.append(_figure(data))
+
+    def diversity(ax):
+        for key, label in (("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("self_bleu", "self-BLEU"),
+                           ("near_duplicate_share", "near-duplicate share"), ("embedding_spread", "embedding spread")):
+            _line(ax, rows, f"diversity/{key}", label)
+        ax.set_ylim(0, 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration")
+        return "Diversity of held-out samples"
+
+    out.append(_figure(diversity))
+
+    def length(ax):
+        pts = [(int(r["iteration"]), r["diversity/length_mean"], r.get("diversity/length_std", 0))
+               for r in rows if r.get("diversity/length_mean") is not None]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=4,
+                        label="mean ± std (sampled)")
+        _line(ax, rows, "mean_length", "mean (greedy)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("tokens")
+        return "Completion length"
+
+    out.append(_figure(length))
+
+    if any(r.get("reward/proxy_pass_rate") is not None for r in rows):
+        def reward(ax):
+            _line(ax, rows, "reward/proxy_pass_rate", "proxy pass rate")
+            _line(ax, rows, "reward/gold_pass_rate", "gold pass rate")
+            _line(ax, rows, "reward/correlation", "proxy-gold correlation", linestyle=":")
+            ax.set_ylim(-0.05, 1.05)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("iteration")
+            return "Proxy vs gold (held-out samples)"
+
+        out.append(_figure(reward))
+
+    categories = sorted({c for e in evals.values() for c in e.get("categories", {}).get("heldout", {})})
+    if len(categories) > 1:
+        def per_category(ax):
+            for c in categories:
+                pts = [(i, e["categories"]["heldout"][c]["accuracy"]) for i, e in sorted(evals.items())
+                       if c in e.get("categories", {}).get("heldout", {})]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
+            ax.set_ylim(0, 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("iteration")
+            return "Held-out greedy accuracy per category"
+
+        out.append(_figure(per_category))
+
+    def seconds(ax):
+        bottom = [0.0] * len(rows)
+        xs = _iters(rows)
+        for stage in STAGES:
+            vals = [(r.get("seconds") or {}).get(stage) or 0.0 for r in rows]
+            if any(vals):
+                ax.bar(xs, vals, bottom=bottom, label=stage)
+                bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("seconds")
+        return "Wall time per stage"
+
+    out.append(_figure(seconds))
+    return out
+
+
+def _guard_table(evals: dict[int, dict[str, Any]]) -> str:
+    head = "".join(f"<th>{g.replace('_', ' ')}</th>" for g in GUARDS)
+    body = []
+    for i, e in sorted(evals.items()):
+        cells = []
+        for g in GUARDS:
+            guard = e.get("guards", {}).get(g)
+            status = guard["status"] if guard else "–"
+            detail = "; ".join(guard.get("alarms", []) + guard.get("notes", [])) if guard else ""
+            cells.append(f'<td class="{_esc(status).replace("/", "")}" title="{_esc(detail)}">{_esc(status)}</td>')
+        decision = e.get("decision", {})
+        body.append(f"<tr><td>{i}</td>{''.join(cells)}<td>{_esc(decision.get('action', '–'))}</td></tr>")
+    return (f"<table><tr><th>iter</th>{head}<th>decision</th></tr>{''.join(body)}</table>")
+
+
+def _messages(evals: dict[int, dict[str, Any]]) -> str:
+    items = []
+    for i, e in sorted(evals.items()):
+        for g in GUARDS:
+            guard = e.get("guards", {}).get(g, {})
+            for a in guard.get("alarms", []):
+                items.append(f'<li class="alarm">iteration {i}, {g.replace("_", " ")}: {_esc(a)}</li>')
+            for n in guard.get("notes", []):
+                items.append(f"<li>iteration {i}, {g.replace('_', ' ')}: {_esc(n)}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else "<p>No alarms or notes.</p>"
+
+
+def _metrics_table(rows: list[dict[str, Any]], pass_k: str | None) -> str:
+    sets = sorted({k.removesuffix("/accuracy") for r in rows for k in r if k.endswith("/accuracy")})
+    head = ["iter", "greedy acc", "95% CI"] + ([pass_k] if pass_k else []) + sets + [
+        "kept", "contaminated", "distinct-2", "self-BLEU", "mean len", "never solved"]
+    lines = ["<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        ci = r.get("greedy_ci95") or [0, 0]
+        cells = [r["iteration"], _pct(r["greedy_accuracy"]), f"{_pct(ci[0])}–{_pct(ci[1])}"]
+        if pass_k:
+            cells.append(_pct(r.get(pass_k)))
+        cells += [_pct(r.get(f"{s}/accuracy")) for s in sets]
+        d2, sb = r.get("diversity/distinct_2"), r.get("diversity/self_bleu")
+        cells += [r.get("kept", "–"), r.get("contaminated", "–"), f"{d2:.3f}" if d2 is not None else "–",
+                  f"{sb:.3f}" if sb is not None else "–", f"{r.get('mean_length', 0):.1f}", r.get("never_solved", "–")]
+        lines.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    return f"<table>{''.join(lines)}</table>"
+
+
+def _short_model(model: str, run_path: Path) -> str:
+    """A model path relative to the run folder when it lies inside it (iter-002/model), else as given."""
+    try:
+        return str(Path(model).resolve().relative_to(run_path.resolve()))
+    except ValueError:
+        return model
+
+
+def _lineage(rundir: RunDir, evals: dict[int, dict[str, Any]]) -> str:
+    """Training examples traced back: problem -> sample -> verdict -> iteration and model."""
+    trained = [i for i in sorted(evals) if i > 0 and (rundir.iter_dir(i) / "train.jsonl").is_file()]
+    if not trained:
+        return "<p>No training data yet.</p>"
+    i = trained[-1]
+    it_dir = rundir.iter_dir(i)
+    problems = {}
+    for name in ("train.jsonl",):
+        path = rundir.problems_dir / name
+        if path.is_file():
+            problems = {p["id"]: p for p in read_jsonl(path)}
+    samples = {s["id"]: s for s in read_jsonl(it_dir / "samples.jsonl")}
+    verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
+    examples = read_jsonl(it_dir / "train.jsonl")
+    rows = []
+    for ex in examples[:LINEAGE_ROWS]:
+        p = problems.get(ex["problem_id"], {})
+        s = samples.get(ex["sample_id"], {})
+        v = verdicts.get(ex["sample_id"], {})
+        question = (p.get("meta") or {}).get("question", p.get("prompt", ""))
+        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in (
+            ex["problem_id"], question, p.get("reference", ""), ex["sample_id"], v.get("answer"), v.get("score"),
+            v.get("verifier"), ex["iteration"], _short_model(str(s.get("model", "")), rundir.path),
+        )) + f"<td><pre>{_esc(ex['completion'])}</pre></td></tr>")
+    head = ("problem", "question", "reference", "sample", "answer", "score", "verifier", "iteration", "sampled by",
+            "completion (trained on)")
+    return (f"<p>Iteration {i}: the first {len(rows)} of {len(examples)} training examples "
+            f"(<code>{_esc(it_dir / 'train.jsonl')}</code>).</p><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;
+vertical-align:top;text-align:left}th{background:#f3f3f3}pre{white-space:pre-wrap;margin:0;max-width:32em}
+.plots{display:flex;flex-wrap:wrap;gap:10px}.plots img{border:1px solid #eee}
+td.ok{background:#e6f4e6}td.alarm{background:#f9d6d5;font-weight:bold}td.caught{background:#fff1c9}
+td.note{background:#fff1c9}td.na{color:#888}li.alarm{color:#a00;font-weight:bold}.muted{color:#666}"""
+
+
+def render(run_path: Path) -> str:
+    rundir = RunDir(run_path)
+    cfg = rundir.frozen_config()
+    if cfg is None:
+        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
+    rows = rundir.collect_metrics()  # read only: a running process may own the run
+    evals = {int(d.name.split("-")[1]): read_json(d / "eval.json")
+             for d in sorted(rundir.path.glob("iter-[0-9][0-9][0-9]")) if (d / "eval.json").is_file()}
+    state = rundir.read_state()
+    pass_k = f"pass@{cfg.eval.pass_k}" if cfg.eval.samples else None
+    task = cfg.task.dataset if cfg.task.source == "reasoning_gym" else cfg.task.path
+    best = state.get("best_iteration")
+    summary = [
+        f"<b>status</b>: {_esc(state.get('status', 'not started'))}",
+        f"<b>recipe</b>: {_esc(cfg.recipe)}", f"<b>model</b>: {_esc(cfg.model.path)}",
+        f"<b>task</b>: {_esc(cfg.task.source)}:{_esc(task)} ({cfg.task.train_size} train / "
+        f"{cfg.task.eval_size} held-out)",
+        f"<b>iterations evaluated</b>: {len(rows)} (cap {cfg.iterations})",
+    ]
+    if best is not None:
+        summary.append(f"<b>best iteration</b>: {best} (export: <code>selfplay export {_esc(rundir.path)} OUT</code>)")
+    for reason in state.get("stop_reasons") or []:
+        summary.append(f"<b>stopped</b>: {_esc(reason)}")
+    plots = _plots(rows, pass_k, evals) if rows else []
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfplay report: {_esc(cfg.name)}</title>
+<style>{CSS}</style></head><body>
+<h1>selfplay run <code>{_esc(cfg.name)}</code></h1>
+<p class="muted">{_esc(rundir.path.resolve())} &middot; report written {time.strftime('%Y-%m-%d %H:%M')}</p>
+<p>{' &middot; '.join(summary)}</p>
+<h2>Guards</h2>{_guard_table(evals)}{_messages(evals)}
+<h2>Metrics</h2>{_metrics_table(rows, pass_k)}
+<h2>Plots</h2><div class="plots">{''.join(plots)}</div>
+<h2>Lineage of the training data</h2>{_lineage(rundir, evals)}
+<h2>Config</h2><pre>{_esc(rundir.config_path.read_text())}</pre>
+</body></html>"""
+    return body
+
+
+def write_report(run_path: Path, out: Path | None = None) -> Path:
+    """Write report.html (and TensorBoard scalars when TensorBoard is installed); return the page's path."""
+    run_path = Path(run_path)
+    page = render(run_path)
+    out = Path(out) if out else run_path / "report.html"
+    atomic_write_text(out, page)
+    write_tensorboard(RunDir(run_path).collect_metrics(), run_path / "tensorboard")
+    return out
