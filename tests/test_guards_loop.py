@@ -109,6 +109,14 @@ def test_degrading_run_stops_and_exports_its_best_iteration(tiny_model, sums_jso
         assert name in page
     assert page.count("data:image/png;base64,") >= 5 and "http://" not in page and "<script" not in page
     assert "Lineage of the training data" in page and "iter-002" in page
+    # The same figures in TensorBoard, one point per iteration, rewritten (not appended) on every report.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["report", str(run)]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    points = events.Scalars("greedy_accuracy")
+    assert [(p.step, p.value) for p in points] == [(0, 0.0), (1, 1.0), (2, 0.0)]
 
 
 def test_rollback_samples_the_next_iteration_from_the_best_model(tiny_model, sums_jsonl, tmp_path):
