@@ -62,3 +62,20 @@ def test_unknown_verifier_is_a_clear_error():
         build_verifier("judge", "math")
     with pytest.raises(UserError, match="cannot import module 'nope'"):
         build_verifier("nope:thing", "math")
+
+
+def test_contains_verifier_for_short_factual_answers():
+    from selfplay.records import Problem, Sample
+    from selfplay.verifiers import build_verifier
+
+    v = build_verifier("contains", "math")
+    p = Problem("q", "What is the capital of France?", "Paris")
+
+    def check(text):
+        return v.verify(p, Sample("q/s0", "q", text, 5, "stop", "m")).passed
+
+    assert check("The capital of France is Paris.")
+    assert check("I think it is Lyon.\nAnswer: paris")  # an Answer line wins over the first line
+    assert not check("The capital of France is Lyon.\nParis is in Texas too.")  # only the stated answer counts
+    assert not check("Parisian cafes are nice.")  # whole words only
+    assert not check("")

@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.task:
-        if args.task.endswith(".jsonl"):
+        if args.task.endswith(".jsonl") or args.task.startswith("builtin:"):
             overrides = ["task.source=jsonl", f"task.path={args.task}", *overrides]
         else:
             overrides = ["task.source=reasoning_gym", f"task.dataset={args.task}", *overrides]

@@ -119,6 +119,10 @@ class ControlTaskConfig(_Section):
     size: int = Field(60, ge=1, description="Problems evaluated (greedy) every iteration.")
     seed: int = Field(0, description="Seed for problem generation and ordering.")
     one_shot: bool = Field(True, description="Prepend one of its own problems, solved, as a format example.")
+    verifier: str = Field(
+        "auto", description="'auto' (the source's checker), 'contains' (reference word in the answer), 'math', "
+        "'reasoning_gym', or 'module:attr'.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ControlTaskConfig:
@@ -155,7 +159,10 @@ class StopConfig(_Section):
 
 class GuardsConfig(_Section):
     control: list[ControlTaskConfig] = Field(
-        default_factory=lambda: [ControlTaskConfig(name="general_knowledge", path="builtin:general_knowledge")],
+        # Measured on SmolLM2-135M: a one-shot example makes it answer the example's question instead.
+        default_factory=lambda: [ControlTaskConfig(
+            name="general_knowledge", path="builtin:general_knowledge", one_shot=False, verifier="contains",
+        )],
         description="Tasks the run never trains on, evaluated every iteration to catch forgetting.",
     )
     fresh_size: int = Field(

@@ -65,7 +65,7 @@ def load_controls(rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool)
             default_verifier = "math" if c.source == "jsonl" else "reasoning_gym"
         else:
             new = True
-        controls.append(ControlSet(c.name, problems, build_verifier("auto", default_verifier, strict_format)))
+        controls.append(ControlSet(c.name, problems, build_verifier(c.verifier, default_verifier, strict_format)))
     return controls, new
 
 

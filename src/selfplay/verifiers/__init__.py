@@ -7,6 +7,7 @@ from typing import Protocol
 from selfplay.plugins import resolve
 from selfplay.records import Problem, Sample, Verdict
 from selfplay.verifiers.answer import extract_answer
+from selfplay.verifiers.contains import ContainsVerifier
 from selfplay.verifiers.math import MathVerifier
 from selfplay.verifiers.reasoning_gym import ReasoningGymVerifier
 
@@ -19,7 +20,7 @@ class Verifier(Protocol):
     def verify(self, problem: Problem, sample: Sample) -> Verdict: ...
 
 
-VERIFIERS = {"reasoning_gym": ReasoningGymVerifier, "math": MathVerifier}
+VERIFIERS = {"reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier}
 
 
 def build_verifier(name: str, task_default: str, strict_format: bool = False) -> Verifier:
