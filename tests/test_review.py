@@ -42,6 +42,7 @@ def test_gate_pauses_then_approve_drops_rejected_examples(tiny_model, sums_jsonl
         _wait_for(it / "review.request.json", proc)
         time.sleep(1.0)
         assert proc.poll() is None and not (it / "train.json").exists()  # waiting, not training
+        assert json.loads((run / "state.json").read_text())["status"] == "waiting for review"
         request = json.loads((it / "review.request.json").read_text())
         assert len(request["shown"]) == 3 and request["examples_total"] == 6
         first = request["shown"][0]["id"]

@@ -141,6 +141,7 @@ def evaluate_iteration(ctx: RunContext, i: int) -> dict[str, Any]:
         else:
             result["sets"]["fresh"] = {"skipped": note}
 
+    measured = time.perf_counter() - start
     history = _earlier(ctx, i)
     base = history[0] if history else None
     by_id = {p.id: p for p in ctx.heldout}
@@ -187,7 +188,8 @@ def evaluate_iteration(ctx: RunContext, i: int) -> dict[str, Any]:
         "notes": [],
     }
     alarms = [f"{name}: {a}" for name, guard in guards.items() for a in guard["alarms"]]
-    result.update(guards=guards, alarms=alarms, decision=decision, seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    result.update(guards=guards, alarms=alarms, decision=decision, seconds=seconds, guard_seconds=seconds - measured)
     result["iteration"] = i
     atomic_write_json(summary_path, result)
     for line in alarms:

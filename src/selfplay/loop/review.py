@@ -21,6 +21,7 @@ from typing import Any
 
 from selfplay.errors import UserError
 from selfplay.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from selfplay.loop.rundir import RunDir
 from selfplay.records import Problem
 
 REQUEST, DECISION, SUMMARY, PAGE = "review.request.json", "review.decision.json", "review.json", "review.html"
@@ -85,6 +86,7 @@ def gate(it_dir: Path, run_path: Path, problems: Sequence[Problem], sample_size:
             atomic_write_json(it_dir / REQUEST, request)
         decision_path = it_dir / DECISION
         if not decision_path.is_file():
+            RunDir(run_path).write_state(status="waiting for review", iteration=int(it_dir.name.split("-")[1]))
             print(
                 f"\n{it_dir.name}: waiting for review of the training data ({it_dir / PAGE}).\n"
                 f"  show:    selfplay review {run_path}\n"
@@ -96,6 +98,7 @@ def gate(it_dir: Path, run_path: Path, problems: Sequence[Problem], sample_size:
         while not decision_path.is_file():
             time.sleep(poll_seconds)
         decision = read_json(decision_path)
+        RunDir(run_path).write_state(status="running")
         summary = {**decision, "seconds": 0.0}
         atomic_write_json(summary_path, summary)
     if summary["decision"] == "rejected":
