@@ -83,3 +83,20 @@ def test_unknown_dataset_and_bad_params_are_clear():
         build_task(TaskConfig(dataset="chain_sums")).split()
     with pytest.raises(UserError, match="task.params: invalid"):
         build_task(TaskConfig(params={"bogus": 1})).split()
+
+
+def test_fresh_variants_are_new_problems_rendered_like_the_split():
+    from selfplay.config import TaskConfig
+    from selfplay.tasks import build_task, fresh_problems
+
+    cfg = TaskConfig(train_size=20, eval_size=20)
+    split = build_task(cfg).split()
+    seen = {p.meta["question"].strip() for p in split.train + split.heldout}
+    fresh, note = fresh_problems(cfg, 15, seed=12345, exclude=seen, exemplar=split.exemplar)
+    assert note is None and len(fresh) == 15 and len({p.id for p in fresh}) == 15
+    assert not {p.meta["question"].strip() for p in fresh} & seen
+    # The same exemplar and instruction as the training prompts, so accuracy is comparable.
+    head = split.train[0].prompt.split(split.train[0].meta["question"])[0]
+    assert all(p.prompt.startswith(head) for p in fresh)
+    assert {p.meta["category"] for p in fresh} <= {"+", "-", "*"}
+    assert fresh_problems(TaskConfig(source="jsonl", path="x.jsonl"), 5, 1, set(), None)[0] == []

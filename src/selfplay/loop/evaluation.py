@@ -34,7 +34,7 @@ def _earlier(ctx: RunContext, i: int) -> list[dict[str, Any]]:
     for j in range(i):
         path = ctx.rundir.iter_dir(j) / "eval.json"
         if path.is_file():
-            out.append(read_json(path))
+            out.append({**read_json(path), "iteration": j})
     return out
 
 

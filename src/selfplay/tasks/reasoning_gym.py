@@ -76,7 +76,8 @@ class ReasoningGymTask:
     def fresh(self, size: int, seed: int, exclude: set[str], exemplar: RawItem | None) -> list[Problem]:
         """Up to `size` new problems from another seed, none of whose questions is in `exclude`."""
         generator = ReasoningGymTask(self.dataset, self.params, self.train_size, self.eval_size, seed, self.one_shot)
-        items = generator._pool(size + len(exclude))
+        # One generous draw: small problem spaces repeat questions, and most of them may be excluded.
+        items = generator._generate(4 * (size + len(exclude)))
         out: dict[str, Problem] = {}
         for item in items:
             q = item.question.strip()
