@@ -124,6 +124,11 @@ def test_init_writes_a_starter_config_that_runs_as_is(tmp_path, capsys):
         ({"task.path": "/nonexistent/data.jsonl"}, "task.path: file not found"),
         ({"task.train_size": 500}, "distinct problems, but train_size + eval_size"),
         ({"verify.verifier": "judgy"}, "verify.verifier: unknown 'judgy'"),
+        ({"guards.gold_verifier": "goldy"}, "verify.verifier: unknown 'goldy'"),
+        ({"guards.control": "[{name: c, path: 'builtin:trivia'}]"}, "builtin:trivia: no such built-in data file"),
+        ({"guards.control": "[{name: c}]"}, "guards.control.0: path: required when source is 'jsonl'"),
+        ({"stop.metric": "pass@8"}, "stop.metric: 'pass@8' is not measured"),
+        ({"review.every": -1}, "review.every"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tiny_model, sums_jsonl, tmp_path, capsys, extra, message):
@@ -164,3 +169,11 @@ def test_overrides_after_options_are_applied_and_strays_refused(tiny_model, sums
     with pytest.raises(SystemExit) as e:
         main(["eval", str(tiny_model), "--task", str(sums_jsonl), "stray"])
     assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_run_commands_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    for args in (["report", str(tmp_path)], ["review", str(tmp_path)], ["approve", str(tmp_path)],
+                 ["reject", str(tmp_path)], ["export", str(tmp_path), str(tmp_path / "out")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a run folder" in err, (args, err)

@@ -155,6 +155,8 @@ def _printable(text: object) -> str:
 def show(run_path: Path) -> str:
     """The waiting (or latest) review request as terminal text."""
     run_path = Path(run_path)
+    if not (run_path / "config.yaml").is_file():
+        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
     it_dir = pending(run_path) or latest_request(run_path)
     if it_dir is None:
         raise UserError(f"{run_path}: no review has been requested (set review.every to pause for review)")
