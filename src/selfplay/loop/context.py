@@ -73,4 +73,16 @@ class RunContext:
 
         result = self.stage(i, "eval", lambda: evaluate_iteration(self, i))
         self.rundir.rebuild_metrics()
+        self.refresh_report()
         return result
+
+    def refresh_report(self) -> Path | None:
+        """Rewrite report.html (and TensorBoard scalars); a failure is reported, never fatal to the run."""
+        from selfplay.reporting import write_report
+
+        try:
+            return write_report(self.rundir.path)
+        except Exception as e:
+            print(f"report.html not updated ({type(e).__name__}: {e}); retry with: selfplay report "
+                  f"{self.rundir.path}", flush=True)
+            return None

@@ -165,12 +165,9 @@ def execute(ctx: RunContext) -> list[dict[str, Any]]:
     best = decision["best_iteration"]
     print(f"Best iteration: {best} ({decision['metric']} {decision['best_value']:.1%}); "
           f"export it with: selfplay export {ctx.rundir.path} OUT_DIR")
-    try:
-        from selfplay.reporting import write_report
-
-        print(f"Report: {write_report(ctx.rundir.path)}")
-    except Exception as e:  # a report failure must not hide a finished run
-        print(f"Report not written ({type(e).__name__}: {e}); retry with: selfplay report {ctx.rundir.path}")
+    report = ctx.refresh_report()
+    if report is not None:
+        print(f"Report: {report}")
     return rows
 
 
