@@ -184,14 +184,19 @@ def _guard_table(evals: dict[int, dict[str, Any]]) -> str:
 
 
 def _messages(evals: dict[int, dict[str, Any]]) -> str:
-    items = []
+    """Alarms and notes, each message once with the iterations it appeared in."""
+    seen: dict[tuple[str, str, str], list[int]] = {}
     for i, e in sorted(evals.items()):
         for g in GUARDS:
             guard = e.get("guards", {}).get(g, {})
-            for a in guard.get("alarms", []):
-                items.append(f'<li class="alarm">iteration {i}, {g.replace("_", " ")}: {_esc(a)}</li>')
-            for n in guard.get("notes", []):
-                items.append(f"<li>iteration {i}, {g.replace('_', ' ')}: {_esc(n)}</li>")
+            for kind in ("alarms", "notes"):
+                for text in guard.get(kind, []):
+                    seen.setdefault((kind, g, text), []).append(i)
+    items = []
+    for (kind, g, text), iters in seen.items():
+        which = f"iteration{'s' if len(iters) > 1 else ''} {', '.join(map(str, iters))}"
+        css = ' class="alarm"' if kind == "alarms" else ""
+        items.append(f"<li{css}>{which}, {g.replace('_', ' ')}: {_esc(text)}</li>")
     return f"<ul>{''.join(items)}</ul>" if items else "<p>No alarms or notes.</p>"
 
 
@@ -283,8 +288,9 @@ def render(run_path: Path) -> str:
     ]
     if best is not None:
         summary.append(f"<b>best iteration</b>: {best} (export: <code>selfplay export {_esc(rundir.path)} OUT</code>)")
+    label = "stopped" if state.get("status") == "stopped" else "ended"
     for reason in state.get("stop_reasons") or []:
-        summary.append(f"<b>stopped</b>: {_esc(reason)}")
+        summary.append(f"<b>{label}</b>: {_esc(reason)}")
     plots = _plots(rows, pass_k, evals) if rows else []
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfplay report: {_esc(cfg.name)}</title>
 <style>{CSS}</style></head><body>
