@@ -4,9 +4,11 @@
       config.yaml        resolved config, frozen at start
       state.json         progress, rewritten atomically after every stage
       metrics.jsonl      one line per evaluated iteration, rebuilt from the eval.json files
-      problems/          the train and held-out splits, frozen at start
-      iter-000/          evaluation of the starting model
-      iter-001/ ...      samples, verdicts, train data, model, eval of each iteration
+      problems/          the train and held-out splits, the exemplar and the control tasks, frozen at start
+      iter-000/          evaluation of the starting model (with the guards' baseline)
+      iter-001/ ...      samples, verdicts, train data, review, model, eval (metrics, guards, decision)
+      report.html        the report, rewritten after every evaluation
+      tensorboard/       the same figures as TensorBoard scalars, when tensorboard is installed
 """
 
 from __future__ import annotations
