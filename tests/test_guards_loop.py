@@ -78,7 +78,7 @@ def test_planted_reward_hack_trips_the_alarm_and_can_stop_the_run(tiny_model, su
 def test_degrading_run_stops_and_exports_its_best_iteration(tiny_model, sums_jsonl, tmp_path, capsys):
     # Gold scores iteration 1's model perfect and every other model zero: quality peaks, then falls.
     args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, iterations=4, **{
-        "guards.gold_verifier": "tests.plugins:BestAtIterationOne",
+        "guards.gold_verifier": "tests.plugins:BestAtIterationOne", "guards.embeddings": True,
     })
     assert main(["run", *args]) == 0
     out = capsys.readouterr().out
@@ -87,6 +87,7 @@ def test_degrading_run_stops_and_exports_its_best_iteration(tiny_model, sums_jso
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "stopped" and state["best_iteration"] == 1
     assert _eval(run, 2)["guards"]["degradation"]["status"] == "alarm"
+    assert 0.0 < _eval(run, 2)["guards"]["mode_collapse"]["embedding_spread"] <= 2.0  # the packaged MiniLM ran
     assert "Stopped after iteration 2" in out and "Best iteration: 1" in out
 
     dest = tmp_path / "best"

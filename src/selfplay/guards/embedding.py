@@ -32,40 +32,43 @@ def find_embedding_model() -> Path | None:
 
 
 @lru_cache(maxsize=1)
-def _load(folder: str):
+def _load(folder: str, device: str):
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(folder, dtype="float32")
+    model = AutoModel.from_pretrained(folder, dtype="float32").to(device)
     model.eval()
     return AutoTokenizer.from_pretrained(folder), model
 
 
-def embed(texts: Sequence[str], folder: Path, batch_size: int = 64):
-    """Unit-length sentence embeddings, one row per text."""
+def embed(texts: Sequence[str], folder: Path, batch_size: int = 64, device: str = "cpu"):
+    """Unit-length sentence embeddings, one row per text (on `device`; returned on the CPU)."""
     import torch
 
-    tokenizer, model = _load(str(folder))
+    tokenizer, model = _load(str(folder), device)
     rows = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
             batch = tokenizer(
                 list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt"
             )
+            batch = batch.to(device)
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1))
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
     return torch.cat(rows) if rows else torch.zeros(0, 384)
 
 
-def embedding_spread(texts: Sequence[str], folder: Path, max_texts: int = 256, seed: int = 0) -> float | None:
+def embedding_spread(
+    texts: Sequence[str], folder: Path, max_texts: int = 256, seed: int = 0, device: str = "cpu"
+) -> float | None:
     """Mean pairwise cosine distance between the embeddings of (a seeded subset of) the texts."""
     texts = [t for t in texts if t.strip()]
     if len(texts) < 2:
         return None
     if len(texts) > max_texts:
         texts = random.Random(seed).sample(texts, max_texts)
-    e = embed(texts, folder)
+    e = embed(texts, folder, device=device)
     sims = e @ e.T
     n = len(texts)
     mean_sim = (sims.sum() - sims.diagonal().sum()) / (n * (n - 1))

