@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))  # benchmarks.planted, named by the config as a user's plugin would be
 
-from benchmarks.rft import machine  # noqa: E402
+from benchmarks.rft import machine, write_section  # noqa: E402
 from selfplay.cli import _offline_env  # noqa: E402
 from selfplay.config import load_config  # noqa: E402
 from selfplay.loop.driver import run  # noqa: E402
@@ -63,17 +62,6 @@ def table(run_dir: Path) -> str:
     return "\n".join(out)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    body = path.read_text()
-    block = f"<!-- guards:start -->\n{text}\n<!-- guards:end -->"
-    if "<!-- guards:start -->" in body:
-        body = re.sub(r"<!-- guards:start -->.*?<!-- guards:end -->", lambda _: block, body, flags=re.S)
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    path.write_text(body)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
@@ -103,7 +91,7 @@ def main() -> None:
     text = "\n".join(parts).rstrip()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, "guards")
 
 
 if __name__ == "__main__":

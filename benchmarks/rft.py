@@ -67,12 +67,14 @@ def table(rows: list[dict], k: int, overhead: float, total: float) -> str:
     return "\n".join(out)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, marker: str = "rft") -> None:
+    """Put `text` into docs/BENCHMARKS.md between the `<!-- MARKER:start/end -->` comments."""
     path = ROOT / "docs" / "BENCHMARKS.md"
     body = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"<!-- rft:start -->\n{text}\n<!-- rft:end -->"
-    if "<!-- rft:start -->" in body:
-        body = re.sub(r"<!-- rft:start -->.*?<!-- rft:end -->", lambda _: block, body, flags=re.S)
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    block = f"{start}\n{text}\n{end}"
+    if start in body:
+        body = re.sub(f"{re.escape(start)}.*?{re.escape(end)}", lambda _: block, body, flags=re.S)
     else:
         body = body.rstrip() + "\n\n" + block + "\n"
     path.write_text(body)

@@ -18,7 +18,7 @@ from selfplay.loop.rundir import RunDir
 from selfplay.loop.stages import ModelPool, load_records
 from selfplay.models import placement, resolve_model_path
 from selfplay.records import Problem, to_dict
-from selfplay.tasks import build_control, build_task
+from selfplay.tasks import build_control, build_task, control_task
 from selfplay.verifiers import build_verifier
 
 
@@ -59,12 +59,11 @@ def load_controls(rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool)
     controls, new = [], False
     for c in cfg.guards.control:
         frozen = rundir.problems_dir / f"control-{c.name}.jsonl"
-        problems, default_verifier = build_control(c) if not frozen.is_file() else (None, None)
-        if problems is None:
+        if frozen.is_file():
             problems = load_records(frozen, Problem)
-            default_verifier = "math" if c.source == "jsonl" else "reasoning_gym"
         else:
-            new = True
+            problems, new = build_control(c), True
+        default_verifier = control_task(c).default_verifier
         controls.append(ControlSet(c.name, problems, build_verifier(c.verifier, default_verifier, strict_format)))
     return controls, new
 

@@ -175,8 +175,7 @@ def evaluate_iteration(ctx: RunContext, i: int) -> dict[str, Any]:
     }
 
     alarms = [f"{name}: {a}" for name, guard in guards.items() for a in guard["alarms"]]
-    rows = [_decision_row(h) for h in history] + [_decision_row({**result, "iteration": i})]
-    decision = stopping.decide(rows, cfg.stop, cfg.iterations, alarms, g.stop_on_alarm)
+    rows, decision = _decide(ctx, [*history, {**result, "iteration": i}], alarms)
     guards["degradation"] = {
         "status": "alarm" if decision["degraded"] else "ok",
         "alarms": decision["reasons"] if decision["degraded"] else [],
@@ -216,10 +215,17 @@ def decision_after(ctx: RunContext, i: int) -> dict[str, Any]:
     eval.json keeps the decision taken at the time; this one is recomputed from the same files, so a run
     resumed with a raised iteration cap or relaxed stop rules goes on.
     """
-    evals = [read_json(ctx.rundir.iter_dir(j) / "eval.json") for j in range(i + 1)]
-    rows = [_decision_row({**e, "iteration": j}) for j, e in enumerate(evals)]
-    g = ctx.cfg.guards
-    return stopping.decide(rows, ctx.cfg.stop, ctx.cfg.iterations, evals[-1].get("alarms", []), g.stop_on_alarm)
+    evals = [{**read_json(ctx.rundir.iter_dir(j) / "eval.json"), "iteration": j} for j in range(i + 1)]
+    return _decide(ctx, evals, evals[-1].get("alarms", []))[1]
+
+
+def _decide(
+    ctx: RunContext, evals: list[dict[str, Any]], alarms: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The stop rules over evaluations 0..i (each with its iteration): the rows they read, and the decision."""
+    rows = [_decision_row(e) for e in evals]
+    cfg = ctx.cfg
+    return rows, stopping.decide(rows, cfg.stop, cfg.iterations, alarms, cfg.guards.stop_on_alarm)
 
 
 def model_source(ctx: RunContext, i: int) -> Path:

@@ -188,7 +188,8 @@ def train(
         return read_json(summary_path)
     examples = load_records(it_dir / "train.jsonl", Example)
     if removed:
-        examples = [e for e in examples if e.id not in set(removed)]
+        left_out = set(removed)
+        examples = [e for e in examples if e.id not in left_out]
     if not examples:
         _log(f"{it_dir.name}/train: no examples to train on; the model is unchanged this iteration")
         summary = {"skipped": True, "model": str(fallback_path), "examples": 0, "seconds": 0.0}

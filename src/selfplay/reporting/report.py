@@ -32,15 +32,18 @@ def _pct(value: Any) -> str:
 
 
 def _figure(draw) -> str:
-    """Run `draw(ax)` on a new figure and return it as an <img> with a PNG data URI."""
+    """Run `draw(ax)` on a new figure with iterations on the x axis; return it as an <img> with a PNG data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     title = draw(ax)
     ax.set_title(title, fontsize=11)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -69,8 +72,6 @@ def _line(ax, rows, key, label, band_key=None, **kw) -> None:
 
 
 def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict[str, Any]]) -> list[str]:
-    from matplotlib.ticker import MaxNLocator
-
     out = []
     sets = sorted({k.removesuffix("/accuracy") for r in rows for k in r if k.endswith("/accuracy")})
 
@@ -81,8 +82,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
         for name in sets:
             _line(ax, rows, f"{name}/accuracy", name, f"{name}/ci95", linestyle="--")
         ax.set_ylim(0, 1)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
         return "Accuracy (95% intervals shaded)"
 
     out.append(_figure(accuracy))
@@ -94,8 +93,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
             ax.bar([x + 0.2 for x in xs], [r["problems_solved"] for r in rows if "kept" in r], width=0.4,
                    label="training problems solved")
             ax.plot(xs, [r.get("contaminated", 0) for r in rows if "kept" in r], "rx", label="contaminated (dropped)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
         return "Training data per iteration"
 
     out.append(_figure(data))
@@ -105,8 +102,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
                            ("near_duplicate_share", "near-duplicate share"), ("embedding_spread", "embedding spread")):
             _line(ax, rows, f"diversity/{key}", label)
         ax.set_ylim(0, 1.05)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
         return "Diversity of held-out samples"
 
     out.append(_figure(diversity))
@@ -118,8 +113,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=4,
                         label="mean ± std (sampled)")
         _line(ax, rows, "mean_length", "mean (greedy)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
         ax.set_ylabel("tokens")
         return "Completion length"
 
@@ -131,8 +124,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
             _line(ax, rows, "reward/gold_pass_rate", "gold pass rate")
             _line(ax, rows, "reward/correlation", "proxy-gold correlation", linestyle=":")
             ax.set_ylim(-0.05, 1.05)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("iteration")
             return "Proxy vs gold (held-out samples)"
 
         out.append(_figure(reward))
@@ -145,8 +136,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
                        if c in e.get("categories", {}).get("heldout", {})]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
             ax.set_ylim(0, 1)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("iteration")
             return "Held-out greedy accuracy per category"
 
         out.append(_figure(per_category))
@@ -159,8 +148,6 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
             if any(vals):
                 ax.bar(xs, vals, bottom=bottom, label=stage)
                 bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("iteration")
         ax.set_ylabel("seconds")
         return "Wall time per stage"
 
@@ -233,11 +220,8 @@ def _lineage(rundir: RunDir, evals: dict[int, dict[str, Any]]) -> str:
         return "<p>No training data yet.</p>"
     i = trained[-1]
     it_dir = rundir.iter_dir(i)
-    problems = {}
-    for name in ("train.jsonl",):
-        path = rundir.problems_dir / name
-        if path.is_file():
-            problems = {p["id"]: p for p in read_jsonl(path)}
+    train_path = rundir.problems_dir / "train.jsonl"
+    problems = {p["id"]: p for p in read_jsonl(train_path)} if train_path.is_file() else {}
     samples = {s["id"]: s for s in read_jsonl(it_dir / "samples.jsonl")}
     verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
     examples = read_jsonl(it_dir / "train.jsonl")

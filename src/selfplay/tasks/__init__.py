@@ -11,7 +11,8 @@ from selfplay.tasks.jsonl import JsonlTask
 from selfplay.tasks.reasoning_gym import ReasoningGymTask
 
 __all__ = [
-    "ANSWER_INSTRUCTION", "Split", "Task", "TASKS", "build_control", "build_task", "fresh_problems", "render_prompt",
+    "ANSWER_INSTRUCTION", "Split", "Task", "TASKS", "build_control", "build_task", "control_task", "fresh_problems",
+    "render_prompt",
 ]
 
 
@@ -30,14 +31,16 @@ def build_task(cfg: TaskConfig) -> Task:
     return TASKS[cfg.source](cfg)
 
 
-def build_control(cfg: ControlTaskConfig) -> tuple[list[Problem], str]:
-    """A control task's problems (all of them evaluation problems) and its default checker."""
+def control_task(cfg: ControlTaskConfig) -> Task:
+    """A control task: every problem is an evaluation problem, none is trained on."""
     if cfg.source == "jsonl":
-        task: Task = JsonlTask(cfg.path or "", 0, cfg.size, cfg.seed, cfg.one_shot)
-    else:
-        task = ReasoningGymTask(cfg.dataset, dict(cfg.params), 0, cfg.size, cfg.seed, cfg.one_shot)
-    split = task.split()
-    return [replace(p, id=f"{cfg.name}:{p.id}") for p in split.heldout], task.default_verifier
+        return JsonlTask(cfg.path or "", 0, cfg.size, cfg.seed, cfg.one_shot)
+    return ReasoningGymTask(cfg.dataset, dict(cfg.params), 0, cfg.size, cfg.seed, cfg.one_shot)
+
+
+def build_control(cfg: ControlTaskConfig) -> list[Problem]:
+    """A control task's problems, their ids prefixed with the control's name."""
+    return [replace(p, id=f"{cfg.name}:{p.id}") for p in control_task(cfg).split().heldout]
 
 
 def fresh_problems(
