@@ -51,3 +51,14 @@ def test_loss_is_on_the_completion_only(tiny_model, tmp_path):
     assert set(row["labels"][:n]) == {-100}
     # The completion is learned through its end-of-turn token, so the model learns to stop.
     assert row["labels"][n:] == row["input_ids"][n:] and tok.eos_token_id in row["labels"][n:]
+
+
+def test_max_length_that_leaves_no_completion_is_a_clear_error(tiny_model, sums_jsonl, tmp_path, capsys):
+    from selfplay.cli import main
+    from tests.conftest import tiny_overrides
+
+    # trl drops every example whose prompt fills max_length; training must not crash on an empty set.
+    assert main(["run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, **{"train.max_length": 8})]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("selfplay: error: train.max_length: 8 tokens leaves no room for any completion")
+    assert (tmp_path / "t" / "iter-001" / "train.jsonl").is_file()  # the stages before training are kept
