@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))  # benchmarks.planted, named by the config as a user's plugin would be
 
 from benchmarks.rft import machine, write_section  # noqa: E402
+from selfplay.api import run  # noqa: E402
 from selfplay.cli import _offline_env  # noqa: E402
 from selfplay.config import load_config  # noqa: E402
-from selfplay.loop.driver import run  # noqa: E402
 from selfplay.loop.export import export  # noqa: E402
 
 SMALL = ["task.train_size=64", "task.eval_size=60", "guards.fresh_size=30", "eval.samples=4"]

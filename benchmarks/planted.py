@@ -11,6 +11,9 @@ class LongAnswerProxy:
 
     name = "long-answer-proxy"
 
+    def __init__(self, options: dict, run):
+        pass
+
     def verify(self, problem: Problem, sample: Sample) -> Verdict:
         passed = sample.num_tokens >= 16 and sample.finish_reason == "stop"
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)

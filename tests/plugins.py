@@ -1,21 +1,36 @@
-"""A user-side verifier plugin, loaded by 'module:attr' the way a user's own would be.
+"""User-side plugins, loaded by 'module:attr' the way a user's own would be: verifiers, a backend, a task, a recipe.
 
 A randomly initialised model never writes a correct answer, so loop tests pass the first sample of
 each problem: a real verifier object through the real plugin path, with a result tests can predict.
 """
 
-from selfplay.records import Problem, Sample, Verdict
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from selfplay.filters import best_vs_worst
+from selfplay.generation import transformers_backend
+from selfplay.records import Example, Pair, Problem, Sample, Verdict
+from selfplay.tasks import Split, split_items
+from selfplay.tasks.base import RawItem
+from selfplay.training import train_sft
 
 
+# -- verifiers: factory(options, run) -> Verifier ---------------------------------------------------
 class PassFirst:
     name = "pass-first"
+
+    def __init__(self, options=None, run=None):
+        pass
 
     def verify(self, problem: Problem, sample: Sample) -> Verdict:
         passed = sample.id.endswith("/s0")
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
 
 
-class LengthProxy:
+class LengthProxy(PassFirst):
     """A planted reward hack: passes any completion of at least 5 tokens, whatever it says."""
 
     name = "length-proxy"
@@ -25,7 +40,7 @@ class LengthProxy:
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
 
 
-class BestAtIterationOne:
+class BestAtIterationOne(PassFirst):
     """A gold checker that scores iteration 1's model perfect and every other model zero.
 
     It stands in for a run whose quality peaks and then degrades, which a random model cannot do on its own.
@@ -36,3 +51,113 @@ class BestAtIterationOne:
     def verify(self, problem: Problem, sample: Sample) -> Verdict:
         passed = "iter-001" in sample.model
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
+
+
+class BatchCounter:
+    """A batch verifier that scores by sample index (s0 best) and logs each batch's size to `options['log']`."""
+
+    name = "batch-counter"
+
+    def __init__(self, options: dict, run):
+        self.log = Path(options["log"])
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        return self.verify_many([(problem, sample)])[0]
+
+    def verify_many(self, items: Sequence[tuple[Problem, Sample]]) -> list[Verdict]:
+        with open(self.log, "a") as f:
+            f.write(f"{len(items)}\n")
+        out = []
+        for problem, sample in items:
+            k = int(sample.id.rsplit("/s", 1)[1])
+            out.append(Verdict(sample.id, problem.id, 1.0 / (1 + k), k == 0, None, self.name))
+        return out
+
+
+class CurrentModelJudge:
+    """Asks the run for the current model's generator, as a judge does; passes a sample when the model answers."""
+
+    name = "current-judge"
+
+    def __init__(self, options: dict, run):
+        self.run = run
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        from selfplay.generation import SamplingParams, sample_batches
+
+        gen = self.run.generator("current")
+        judged = Problem(f"judge-{sample.id}", f"Is this right? {sample.completion}", "")
+        [[reply]] = list(sample_batches(gen, [judged], SamplingParams(max_new_tokens=2), 1, desc="judge"))
+        passed = sample.id.endswith("/s0")
+        return Verdict(sample.id, problem.id, float(passed), passed, reply.completion, self.name,
+                       critique=gen.model_name)
+
+
+# -- a generation backend: factory(model_path, where, **options) -> Generator --------------------------
+def recording_backend(model_path, where, log: str):
+    """The transformers backend, recording the batch size of every call in the file `log`."""
+    inner = transformers_backend(model_path, where)
+
+    class Recording:
+        model_name = inner.model_name
+
+        def generate(self, problems, params, batch_size):
+            with open(log, "a") as f:
+                f.write(json.dumps({"batch_size": batch_size, "problems": len(problems), "n": params.n}) + "\n")
+            yield from inner.generate(problems, params, batch_size)
+
+        def close(self):
+            with open(log, "a") as f:
+                f.write(json.dumps({"closed": str(model_path)}) + "\n")
+            inner.close()
+
+    return Recording()
+
+
+# -- a task: factory(section, train_size, eval_size) -> Task -----------------------------------------
+class CountingTask:
+    """Open-ended prompts with no answer-line instruction, from the section's `params` ('count' problems)."""
+
+    name = "counting"
+    default_verifier = "math"
+
+    def __init__(self, section, train_size: int, eval_size: int):
+        self.count, self.seed = section.params["count"], section.seed
+        self.train_size, self.eval_size = train_size, eval_size
+
+    def split(self) -> Split:
+        items = [RawItem(f"Count from {n} to {n + 3}.", f"{n + 3}", {"start": n}) for n in range(self.count)]
+        return split_items(items, prefix="count", train_size=self.train_size, eval_size=self.eval_size,
+                           seed=self.seed, one_shot=False, source="counting", instruction=None)
+
+
+# -- a recipe: recipe(ctx, i, source) -> trained model path ----------------------------------------------
+class ChosenOnlySFT:
+    """A trainer over Pairs: supervised fine-tuning on the chosen side (what DPO's SFT warm-up does)."""
+
+    record_type = Pair
+
+    def train(self, init_path, records, out_dir, work_dir, cfg, where, seed):
+        examples = [Example(p.id, p.problem_id, p.chosen_sample_id, p.prompt, p.chosen, p.iteration) for p in records]
+        return train_sft(init_path, examples, out_dir, work_dir, cfg, where, seed)
+
+
+def best_vs_worst_recipe(ctx, i: int, source: Path) -> Path:
+    """Sample, judge, pair the best and worst sample of each problem, train on the pairs, plus a stage of its own."""
+    cfg = ctx.cfg
+    ctx.generate(i, ctx.train_problems, source, cfg.generate.params(cfg.generate.samples_per_problem, cfg.seed + i))
+    ctx.verify(i, ctx.train_problems)
+    ctx.select(i, ctx.train_problems, lambda p, s, v: best_vs_worst(p, s, v, iteration=i, drop_truncated=False), Pair)
+    removed = ctx.review(i)
+    ctx.stage(i, "notes", lambda: {"pairs_seen": sum(1 for _ in open(ctx.rundir.iter_dir(i) / "pairs.jsonl"))})
+    return ctx.train(i, ChosenOnlySFT(), ctx.base_path, source, removed)
+
+
+class SlowBatchCounter(BatchCounter):
+    """BatchCounter that takes a moment per batch, so a test can kill the verify stage in the middle."""
+
+    def verify_many(self, items):
+        import time
+
+        time.sleep(0.3)
+        return super().verify_many(items)

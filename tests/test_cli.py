@@ -13,6 +13,8 @@ from selfplay.files import read_jsonl
 from selfplay.loop.rundir import RunDir
 from tests.conftest import run_cli, tiny_overrides
 
+pytestmark = pytest.mark.e2e
+
 
 def _snapshot(folder):
     """Modification times of a run's files (the lock file, which each process rewrites, left out)."""
@@ -51,7 +53,7 @@ def test_run_end_to_end_then_rerun_redoes_nothing(tiny_model, sums_jsonl, tmp_pa
     frozen = yaml.safe_load((run / "config.yaml").read_text())
     assert frozen["iterations"] == 2 and frozen["task"]["train_size"] == 6
     state = json.loads((run / "state.json").read_text())
-    assert state["status"] == "finished" and "iter-002/eval" in state["done"]
+    assert state["status"] == "finished" and state["best_iteration"] == 0 and state["stage"] is None
 
     before = _snapshot(run)
     again = run_cli("run", *args)
@@ -124,9 +126,9 @@ def test_init_writes_a_starter_config_that_runs_as_is(tmp_path, capsys):
         ({"task.path": "/nonexistent/data.jsonl"}, "task.path: file not found"),
         ({"task.train_size": 500}, "distinct problems, but train_size + eval_size"),
         ({"verify.verifier": "judgy"}, "verify.verifier: unknown 'judgy'"),
-        ({"guards.gold_verifier": "goldy"}, "verify.verifier: unknown 'goldy'"),
+        ({"guards.gold_verifier": "goldy"}, "guards.gold_verifier: unknown 'goldy'"),
         ({"guards.control": "[{name: c, path: 'builtin:trivia'}]"}, "builtin:trivia: no such built-in data file"),
-        ({"guards.control": "[{name: c}]"}, "guards.control.0: path: required when source is 'jsonl'"),
+        ({"guards.control": "[{name: c}]"}, "guards.control.0.path: required when source is 'jsonl'"),
         ({"stop.metric": "pass@8"}, "stop.metric: 'pass@8' is not measured"),
         ({"review.every": -1}, "review.every"),
     ],
@@ -177,3 +179,29 @@ def test_run_commands_on_a_folder_that_is_not_a_run(tmp_path, capsys):
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "not a run folder" in err, (args, err)
+
+
+def test_eval_with_another_dataset_starts_from_its_own_defaults(tiny_model, tmp_path):
+    # The default config's arithmetic `task.params` must not follow a dataset named on the command line.
+    out = tmp_path / "ev"
+    proc = run_cli("eval", str(tiny_model), "--task", "spell_backward", "--out", str(out), "task.train_size=4",
+                   "task.eval_size=3", "eval.samples=0", "eval.max_new_tokens=4")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["task"] == "reasoning_gym:spell_backward" and result["problems"] == 3
+    assert yaml.safe_load((out / "config.yaml").read_text())["task"]["params"] == {}
+
+
+def test_an_empty_argument_says_what_was_wrong(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "configs/rft-default.yaml", ""])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument 3 is empty ('')" in err
+
+
+def test_a_config_naming_another_dataset_gets_that_datasets_defaults():
+    from selfplay.config import ARITHMETIC_PARAMS, load_config
+
+    assert load_config(None).task.params == ARITHMETIC_PARAMS  # the tuned default task
+    assert load_config(None, ["task.dataset=spell_backward"]).task.params == {}
+    assert load_config(None, ["task.dataset=chain_sum", "task.params={min_terms: 2}"]).task.params == {"min_terms": 2}

@@ -23,3 +23,20 @@ def test_truncated_samples_are_dropped_unless_asked_to_keep_them():
     assert [e.sample_id for e in examples] == ["a/s1"] and stats.truncated == 1
     examples, _ = keep_verified(problems, samples, verdicts, iteration=1, max_per_problem=4, drop_truncated=False)
     assert len(examples) == 2
+
+
+def test_best_vs_worst_pairs_the_top_and_bottom_score_and_skips_ties():
+    from selfplay.filters import best_vs_worst
+
+    problems = [Problem("a", "A?", "1"), Problem("b", "B?", "2"), Problem("c", "C?", "3")]
+    samples = [Sample(f"{p}/s{k}", p, f"{p} text {k}", 3, "stop", "m") for p in "abc" for k in range(3)]
+    scores = {"a/s0": 0.2, "a/s1": 0.9, "a/s2": 0.1, "b/s0": 0.5, "b/s1": 0.5, "b/s2": 0.5,
+              "c/s0": 1.0, "c/s1": 0.0, "c/s2": 1.0}
+    verdicts = [Verdict(s.id, s.problem_id, scores[s.id], scores[s.id] >= 0.9, None, "judge") for s in samples]
+    pairs, stats = best_vs_worst(problems, samples, verdicts, iteration=3)
+    got = {p.problem_id: (p.chosen_sample_id, p.rejected_sample_id) for p in pairs}
+    assert got == {"a": ("a/s1", "a/s2"), "c": ("c/s0", "c/s1")}  # b is a tie: nothing to prefer
+    assert stats["ties"] == 1 and stats["problems_solved"] == 2
+    a = next(p for p in pairs if p.problem_id == "a")
+    assert (a.chosen, a.rejected, a.chosen_score, a.rejected_score) == ("a text 1", "a text 2", 0.9, 0.1)
+    assert a.sample_ids == ("a/s1", "a/s2") and a.texts == ("a text 1", "a text 2")

@@ -151,46 +151,46 @@ def _row(i: int, acc: float, n: int = 200, control: float | None = None) -> dict
 
 def test_steady_gains_continue_until_the_cap():
     rows = [_row(0, 0.2), _row(1, 0.5), _row(2, 0.6)]
-    assert decide(rows[:2], StopConfig(), 3)["action"] == "continue"
+    assert decide(rows[:2], StopConfig(), 3).action == "continue"
     final = decide(rows, StopConfig(), 2)
-    assert final["action"] == "finish" and final["best_iteration"] == 2 and not final["degraded"]
+    assert final.action == "finish" and final.best_iteration == 2 and not final.degraded
 
 
 def test_drop_beyond_threshold_stops_and_names_the_best_iteration():
     rows = [_row(0, 0.2), _row(1, 0.6), _row(2, 0.52)]
     d = decide(rows, StopConfig(max_drop=0.05, drop_beyond_ci=False), 5)
-    assert d["action"] == "stop" and d["degraded"] and d["best_iteration"] == 1
-    assert "fell 8.0% below the best" in d["reasons"][0]
+    assert d.action == "stop" and d.degraded and d.best_iteration == 1
+    assert "fell 8.0% below the best" in d.reasons[0]
     # A drop inside the threshold and inside the interval is noise: go on.
-    assert decide([*rows[:2], _row(2, 0.58)], StopConfig(), 5)["action"] == "continue"
+    assert decide([*rows[:2], _row(2, 0.58)], StopConfig(), 5).action == "continue"
 
 
 def test_drop_beyond_the_confidence_interval_alone_stops():
     rows = [_row(0, 0.2, n=400), _row(1, 0.7, n=400), _row(2, 0.6, n=400)]
     d = decide(rows, StopConfig(max_drop=None, drop_beyond_ci=True), 5)
-    assert d["action"] == "stop" and "beyond its 95% interval" in d["reasons"][0]
+    assert d.action == "stop" and "beyond its 95% interval" in d.reasons[0]
 
 
 def test_forgetting_on_a_control_task_stops_and_rollback_is_an_option():
     rows = [_row(0, 0.2, control=0.5), _row(1, 0.6, control=0.3)]
     d = decide(rows, StopConfig(), 5)
-    assert d["action"] == "stop" and "forgetting" in d["reasons"][0]
-    assert decide(rows, StopConfig(on_degrade="rollback"), 5)["action"] == "rollback"
-    assert decide(rows, StopConfig(control_max_drop=None), 5)["action"] == "continue"
+    assert d.action == "stop" and "forgetting" in d.reasons[0]
+    assert decide(rows, StopConfig(on_degrade="rollback"), 5).action == "rollback"
+    assert decide(rows, StopConfig(control_max_drop=None), 5).action == "continue"
 
 
 def test_plateau_stops_after_p_iterations_without_gain():
     rows = [_row(0, 0.2), _row(1, 0.5), _row(2, 0.5), _row(3, 0.49)]
     cfg = StopConfig(plateau=2, max_drop=None, drop_beyond_ci=False)
-    assert decide(rows[:3], cfg, 10)["action"] == "continue"
+    assert decide(rows[:3], cfg, 10).action == "continue"
     d = decide(rows, cfg, 10)
-    assert d["action"] == "stop" and not d["degraded"] and d["best_iteration"] == 1
+    assert d.action == "stop" and not d.degraded and d.best_iteration == 1
 
 
 def test_alarms_stop_only_when_asked():
     rows = [_row(0, 0.2), _row(1, 0.5)]
-    assert decide(rows, StopConfig(), 5, ["mode_collapse: x"])["action"] == "continue"
-    assert decide(rows, StopConfig(), 5, ["mode_collapse: x"], stop_on_alarm=True)["action"] == "stop"
+    assert decide(rows, StopConfig(), 5, ["mode_collapse: x"]).action == "continue"
+    assert decide(rows, StopConfig(), 5, ["mode_collapse: x"], stop_on_alarm=True).action == "stop"
 
 
 # -- persistent failures ------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from selfplay.cli import main
 from selfplay.files import read_jsonl
 from tests.conftest import tiny_overrides, write_jsonl
 
+pytestmark = pytest.mark.e2e
+
 
 def _eval(run, i):
     return json.loads((run / f"iter-{i:03d}" / "eval.json").read_text())
@@ -154,3 +156,27 @@ def test_report_renders_in_headless_chromium(tiny_model, sums_jsonl, tmp_path):
         check=True, capture_output=True, text=True, timeout=120,
     ).stdout
     assert dom.count("<img") >= 5 and "Guards" in dom
+
+
+def test_fresh_problems_are_kept_out_of_training(tiny_model, tmp_path):
+    from selfplay.config import load_config
+    from selfplay.loop.driver import open_run
+
+    args = tiny_overrides(tiny_model, tmp_path / "unused.jsonl", tmp_path, iterations=2, **{
+        "task.source": "reasoning_gym", "task.dataset": "basic_arithmetic", "task.path": "null",
+        "task.train_size": 8, "task.eval_size": 6, "guards.fresh_size": 5,
+    })
+    assert main(["run", *args]) == 0
+    run = tmp_path / "t"
+    train_questions = {p["meta"]["question"] for p in read_jsonl(run / "problems" / "train.jsonl")}
+    for i in (0, 1, 2):
+        fresh = read_jsonl(run / f"iter-{i:03d}" / "fresh_problems.jsonl")
+        assert len(fresh) == 5 and not {p["meta"]["question"] for p in fresh} & train_questions
+    # A later iteration's filter drops any record that overlaps a fresh question an earlier evaluation showed.
+    ctx = open_run(load_config(None, args), run, allow_change=False)
+    try:
+        earlier = read_jsonl(run / "iter-001" / "fresh_problems.jsonl")[0]
+        assert ctx.contamination_index(2).match(f"As shown: {earlier['meta']['question']}") == earlier["id"]
+        assert ctx.contamination_index(1).match(earlier["meta"]["question"]) is None  # not yet shown at iteration 1
+    finally:
+        ctx.rundir.unlock()

@@ -30,8 +30,8 @@ def test_local_folder_resolves_to_itself(tiny_model):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("SELFPLAY_SLOW"), reason="converts the real 135M model; set SELFPLAY_SLOW=1")
 def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
-    from selfplay.generation import SamplingParams, TransformersGenerator
-    from selfplay.models import load_model, load_tokenizer, placement
+    from selfplay.generation import SamplingParams, sample_batches, transformers_backend
+    from selfplay.models import placement
     from selfplay.records import Problem
 
     monkeypatch.setenv("SELFPLAY_CACHE", str(tmp_path))
@@ -41,7 +41,7 @@ def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
     assert resolve_model_path("embedded:smollm2-135m-instruct") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # converted once, then reused
     where = placement("cpu", "float32")
-    gen = TransformersGenerator(load_model(path, where), load_tokenizer(path), "smol", 4)
+    gen = transformers_backend(path, where)
     problem = Problem("p", "What is the capital of France?", "Paris")
-    [[sample]] = gen.generate([problem], SamplingParams(max_new_tokens=12))
+    [[sample]] = sample_batches(gen, [problem], SamplingParams(max_new_tokens=12), batch_size=4)
     assert "Paris" in sample.completion

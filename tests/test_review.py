@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from selfplay.files import read_jsonl
 from tests.conftest import ROOT, run_cli, tiny_overrides
+
+pytestmark = pytest.mark.e2e
 
 
 def _start(args):

@@ -92,11 +92,13 @@ def test_fresh_variants_are_new_problems_rendered_like_the_split():
     cfg = TaskConfig(train_size=20, eval_size=20)
     split = build_task(cfg).split()
     seen = {p.meta["question"].strip() for p in split.train + split.heldout}
-    fresh, note = fresh_problems(cfg, 15, seed=12345, exclude=seen, exemplar=split.exemplar)
+    fresh, note = fresh_problems(build_task(cfg), 15, seed=12345, exclude=seen, exemplar=split.exemplar)
     assert note is None and len(fresh) == 15 and len({p.id for p in fresh}) == 15
     assert not {p.meta["question"].strip() for p in fresh} & seen
     # The same exemplar and instruction as the training prompts, so accuracy is comparable.
     head = split.train[0].prompt.split(split.train[0].meta["question"])[0]
     assert all(p.prompt.startswith(head) for p in fresh)
     assert {p.meta["category"] for p in fresh} <= {"+", "-", "*"}
-    assert fresh_problems(TaskConfig(source="jsonl", path="x.jsonl"), 5, 1, set(), None)[0] == []
+    fixed = build_task(TaskConfig(source="jsonl", path="x.jsonl"))
+    found, note = fresh_problems(fixed, 5, 1, set(), None)
+    assert found == [] and "cannot draw new problems" in note

@@ -53,6 +53,7 @@ def test_loss_is_on_the_completion_only(tiny_model, tmp_path):
     assert row["labels"][n:] == row["input_ids"][n:] and tok.eos_token_id in row["labels"][n:]
 
 
+@pytest.mark.e2e
 def test_max_length_that_leaves_no_completion_is_a_clear_error(tiny_model, sums_jsonl, tmp_path, capsys):
     from selfplay.cli import main
     from tests.conftest import tiny_overrides

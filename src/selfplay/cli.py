@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -44,59 +42,41 @@ def _split_config_and_overrides(items: list[str]) -> tuple[Path | None, list[str
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from selfplay import api
     from selfplay import config as configlib
-    from selfplay.loop.driver import run
 
     path, overrides = _split_config_and_overrides(args.items)
     cfg = configlib.load_config(path, overrides)
-    run(cfg, allow_change=args.allow_config_change)
+    api.run(cfg, allow_change=args.allow_config_change)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from selfplay.loop.driver import resume
+    from selfplay import api
 
-    resume(Path(args.run_dir), args.overrides, allow_change=args.allow_config_change)
+    api.resume(Path(args.run_dir), args.overrides, allow_change=args.allow_config_change)
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from selfplay import config as configlib
-    from selfplay.loop.driver import freeze_problems, load_problems
-    from selfplay.loop.rundir import RunDir
-    from selfplay.loop.stages import ModelPool, evaluate
-    from selfplay.models import placement, resolve_model_path
-    from selfplay.verifiers import build_verifier
+def task_overrides(task: str) -> list[str]:
+    """Overrides for `--task`: a file or a reasoning-gym dataset, starting from that dataset's own defaults."""
+    if task.endswith(".jsonl") or task.startswith("builtin:"):
+        return ["task.source=jsonl", f"task.path={task}", "task.params={}"]
+    return ["task.source=reasoning_gym", f"task.dataset={task}", "task.params={}"]
 
-    overrides = list(args.overrides)
-    if args.task:
-        if args.task.endswith(".jsonl") or args.task.startswith("builtin:"):
-            overrides = ["task.source=jsonl", f"task.path={args.task}", *overrides]
-        else:
-            overrides = ["task.source=reasoning_gym", f"task.dataset={args.task}", *overrides]
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from selfplay import api
+    from selfplay import config as configlib
+
+    overrides = [*(task_overrides(args.task) if args.task else []), *args.overrides]
     cfg = configlib.load_config(Path(args.config) if args.config else None, overrides)
-    model_path = resolve_model_path(args.model)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="selfplay-eval-"))
-    rundir = RunDir(out)
-    rundir.create()
-    rundir.lock()
-    try:
-        # A run's own config.yaml brings the run's frozen held-out split; otherwise split afresh.
-        source = RunDir(Path(args.config).parent) if args.config else rundir
-        if source is rundir:
-            shutil.rmtree(rundir.problems_dir, ignore_errors=True)
-        problems = load_problems(source, cfg)
-        rundir.freeze_config(cfg)
-        freeze_problems(rundir, problems)
-        where = placement(cfg.model.device, cfg.model.dtype)
-        pool = ModelPool(where, cfg.generate.backend, cfg.eval.batch_size)
-        verifier = build_verifier(cfg.verify.verifier, problems.default_verifier, cfg.verify.strict_format)
-        result = evaluate(rundir.path / "eval", problems.heldout, pool, model_path, verifier, cfg.eval, cfg.seed)
-    finally:
-        rundir.unlock()
-    task = cfg.task.dataset if cfg.task.source == "reasoning_gym" else cfg.task.path
-    print(json.dumps({"model": str(model_path), "task": task, **result["metrics"]}, indent=2))
-    print(f"Samples and verdicts: {rundir.path / 'eval'}", file=sys.stderr)
+    # A run's own config.yaml brings the run's frozen held-out split; otherwise split afresh.
+    split_from = Path(args.config).parent if args.config else None
+    metrics, eval_dir = api.evaluate_model(cfg, args.model, Path(args.out) if args.out else None, split_from)
+    model = str(api.resolve_model_path(args.model))
+    print(json.dumps({"model": model, "task": cfg.task.label, **metrics}, indent=2))
+    print(f"Samples and verdicts: {eval_dir}", file=sys.stderr)
     return 0
 
 
@@ -209,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _offline_env()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    empty = [n for n, a in enumerate(argv, start=1) if not a.strip()]
+    if empty:
+        parser.error(f"argument {empty[0]} is empty ({argv[empty[0] - 1]!r}); remove it, or give a value "
+                     "(an unset shell variable?)")
     # Overrides may come before or after options (`eval MODEL --task t key=value`): argparse leaves
     # those after an option unparsed, so collect them here.
     args, extra = parser.parse_known_args(argv)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from selfplay.errors import UserError
+from selfplay.interfaces import SamplingParams
 
 MAX_ITERATIONS = 50  # A hard cap: self-training loops degrade when left to run unattended.
 
@@ -34,41 +35,100 @@ class ModelConfig(_Section):
     )
 
 
-class TaskConfig(_Section):
-    source: Literal["reasoning_gym", "jsonl"] = Field(
-        "reasoning_gym", description="Where problems come from: a reasoning-gym dataset or a JSONL file."
+ARITHMETIC_PARAMS = {
+    "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
+    "operators": ["+", "-", "*"], "allow_parentheses": False, "allow_negation": False,
+}
+
+
+class TaskSource(_Section):
+    """Where a set of problems comes from; shared by the task the run trains on and its control tasks."""
+
+    source: str = Field(
+        "reasoning_gym",
+        description="'reasoning_gym' (a procedural dataset), 'jsonl' (a file), or a user's task factory "
+        "'module:attr', called with this section.",
     )
-    dataset: str = Field("basic_arithmetic", description="reasoning-gym dataset name (source: reasoning_gym).")
+    dataset: str = Field("", description="reasoning-gym dataset name (source: reasoning_gym).")
     params: dict[str, Any] = Field(
-        default_factory=lambda: {
-            "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
-            "operators": ["+", "-", "*"], "allow_parentheses": False, "allow_negation": False,
-        },
-        description="reasoning-gym dataset settings, passed to its config class.",
+        default_factory=dict,
+        description="The dataset's settings (reasoning-gym: passed to its config class; a user task: its options). "
+        "Not given: the dataset's own defaults.",
     )
-    path: str | None = Field(None, description="JSONL file with 'prompt' and 'answer' per line (source: jsonl).")
-    train_size: int = Field(96, ge=1, description="Problems in the training split.")
-    eval_size: int = Field(100, ge=1, description="Held-out problems, never used for generation or training.")
-    seed: int = Field(0, description="Seed for problem generation and the train / held-out split.")
+    path: str | None = Field(
+        None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl)."
+    )
+    seed: int = Field(0, description="Seed for problem generation and the split.")
     one_shot: bool = Field(True, description="Prepend a short worked example that shows the answer format.")
 
+    @property
+    def label(self) -> str:
+        """The task as one short string: 'reasoning_gym:basic_arithmetic', 'jsonl:FILE', or 'module:attr'."""
+        detail = {"reasoning_gym": self.dataset, "jsonl": self.path}.get(self.source)
+        return f"{self.source}:{detail}" if detail else self.source
 
-class GenerateConfig(_Section):
-    backend: str = Field("transformers", description="Generation backend: 'transformers' or 'module:attr'.")
-    samples_per_problem: int = Field(8, ge=1, description="k: completions sampled per training problem.")
+    @model_validator(mode="after")
+    def _check_source(self) -> TaskSource:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("path: required when source is 'jsonl'")
+        if self.source == "reasoning_gym" and not self.dataset:
+            raise ValueError("dataset: required when source is 'reasoning_gym'")
+        return self
+
+
+class TaskConfig(TaskSource):
+    dataset: str = Field("basic_arithmetic", description="reasoning-gym dataset name (source: reasoning_gym).")
+    train_size: int = Field(96, ge=1, description="Problems in the training split.")
+    eval_size: int = Field(100, ge=1, description="Held-out problems, never used for generation or training.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_params(cls, data: Any) -> Any:
+        # The default task's settings are tuned (docs/guide.md); any other dataset starts from its own defaults.
+        if isinstance(data, dict) and "params" not in data and data.get("dataset", "basic_arithmetic") == (
+            "basic_arithmetic"
+        ) and data.get("source", "reasoning_gym") == "reasoning_gym":
+            return {**data, "params": dict(ARITHMETIC_PARAMS)}
+        return data
+
+
+class SamplingSection(_Section):
+    """Sampling settings shared by generation and evaluation."""
+
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Cap on generated tokens per completion.")
-    batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
+    batch_size: int = Field(64, ge=1, description="Sequences per batch sent to the backend.")
+
+    def params(self, n: int, seed: int, greedy: bool = False) -> SamplingParams:
+        if greedy:
+            return SamplingParams(n=1, temperature=0.0, max_new_tokens=self.max_new_tokens, seed=seed)
+        return SamplingParams(n, self.temperature, self.top_p, self.max_new_tokens, seed)
+
+
+class GenerateConfig(SamplingSection):
+    backend: str = Field("transformers", description="Generation backend: 'transformers' or a factory 'module:attr'.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings passed to the backend's factory as keyword arguments."
+    )
+    samples_per_problem: int = Field(8, ge=1, description="k: completions sampled per training problem.")
 
 
 class VerifyConfig(_Section):
     verifier: str = Field(
         "auto",
-        description="'auto' (the task's own checker), 'reasoning_gym', 'math', or a user's 'module:attr'.",
+        description="'auto' (the task's own checker), 'reasoning_gym', 'math', 'contains', or a user's factory "
+        "'module:attr', called as factory(options, run).",
     )
     strict_format: bool = Field(
         False, description="Accept only an 'Answer:' line or \\boxed{}; else also 'the answer is X' or the last number."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings passed to the verifier's factory (a sandbox's limits, a judge's "
+        "prompt)."
+    )
+    batch_size: int = Field(
+        64, ge=1, description="Samples verified per batch; each batch is saved, so a killed verify stage resumes."
     )
 
 
@@ -97,40 +157,22 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(20, ge=1, description="Save a resumable trainer checkpoint every N steps.")
 
 
-class EvalConfig(_Section):
+class EvalConfig(SamplingSection):
     samples: int = Field(
         4, ge=0, description="Sampled completions per held-out problem for pass@k (0: greedy accuracy only)."
     )
     pass_k: int = Field(4, ge=1, description="k of pass@k; at most `samples`.")
-    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature for pass@k.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold for pass@k.")
-    max_new_tokens: int = Field(32, ge=1, description="Cap on generated tokens per held-out completion.")
-    batch_size: int = Field(64, ge=1, description="Sequences per generate() call.")
 
 
-class ControlTaskConfig(_Section):
+class ControlTaskConfig(TaskSource):
     name: str = Field(..., description="Label for the control set in metrics and the report.")
-    source: Literal["reasoning_gym", "jsonl"] = Field("jsonl", description="Where its problems come from.")
-    dataset: str = Field("", description="reasoning-gym dataset name (source: reasoning_gym).")
-    params: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset settings.")
-    path: str | None = Field(
-        None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl)."
-    )
+    source: str = Field("jsonl", description="Where its problems come from: 'jsonl', 'reasoning_gym' or 'module:attr'.")
     size: int = Field(60, ge=1, description="Problems evaluated (greedy) every iteration.")
-    seed: int = Field(0, description="Seed for problem generation and ordering.")
     one_shot: bool = Field(True, description="Prepend one of its own problems, solved, as a format example.")
     verifier: str = Field(
         "auto", description="'auto' (the source's checker), 'contains' (reference word in the answer), 'math', "
         "'reasoning_gym', or 'module:attr'.",
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> ControlTaskConfig:
-        if self.source == "jsonl" and not self.path:
-            raise ValueError("path: required when source is 'jsonl'")
-        if self.source == "reasoning_gym" and not self.dataset:
-            raise ValueError("dataset: required when source is 'reasoning_gym'")
-        return self
 
 
 class StopConfig(_Section):
@@ -216,7 +258,9 @@ class ReviewConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("rft-default", description="Run name: its folder is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Folder that holds run folders.")
-    recipe: Literal["rft"] = Field("rft", description="What one iteration does: rft (rejection-sampling fine-tuning).")
+    recipe: str = Field(
+        "rft", description="What one iteration does: 'rft' (rejection-sampling fine-tuning) or a user's 'module:attr'."
+    )
     iterations: int = Field(2, ge=1, le=MAX_ITERATIONS, description=f"Iterations to run (capped at {MAX_ITERATIONS}).")
     seed: int = Field(0, description="Seed for sampling and training.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The starting model.")
@@ -234,8 +278,6 @@ class RunConfig(_Section):
     def _check(self) -> RunConfig:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise ValueError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-'")
-        if self.task.source == "jsonl" and not self.task.path:
-            raise ValueError("task.path: required when task.source is 'jsonl'")
         if self.eval.samples and self.eval.pass_k > self.eval.samples:
             raise ValueError(f"eval.pass_k: {self.eval.pass_k} is more than eval.samples ({self.eval.samples})")
         metrics = ["greedy_accuracy"] + ([f"pass@{self.eval.pass_k}"] if self.eval.samples else [])
@@ -272,6 +314,9 @@ def _explain(err: ValidationError, source: str) -> str:
     msg = e["msg"].removeprefix("Value error, ")
     if not loc:
         return f"{source}: {msg}"
+    field = re.match(r"(\w+): (.*)", msg) if e["type"] == "value_error" else None
+    if field:  # a section's own check names its field: report it as one dotted path
+        return f"{source}: {loc}.{field[1]}: {field[2]}"
     return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from selfplay.errors import UserError
+from selfplay.errors import UserError, WriteError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -29,11 +29,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that a crash leaves either the old file or the complete new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind; the old file is untouched
+        raise WriteError(path, e) from None
     _fsync_dir(path.parent)
 
 
@@ -110,12 +114,19 @@ class JsonlAppender:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            # A partly written line is cut off on resume (recover_partial_jsonl), so nothing whole is lost.
+            raise WriteError(self.path, e) from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as e:
+            raise WriteError(self.path, e) from None
 
     def __enter__(self) -> JsonlAppender:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,3 +25,14 @@ def resolve(name: str, builtins: Mapping[str, Any], field: str) -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise UserError(f"{field}: module '{module_name}' has no attribute '{attr}'") from None
+
+
+def check_call(factory: Any, field: str, *args: Any, **options: Any) -> None:
+    """Refuse options a factory does not take, naming the config field, before it is called."""
+    try:
+        inspect.signature(factory).bind(*args, **options)
+    except TypeError as e:
+        name = getattr(factory, "__name__", factory)
+        raise UserError(f"{field}: {name} does not accept these settings ({e})") from None
+    except ValueError:  # no signature to inspect (a builtin): let the call itself decide
+        pass

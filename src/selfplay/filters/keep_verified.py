@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from selfplay.records import Example, Problem, Sample, Verdict
 
@@ -20,6 +21,9 @@ class FilterStats:
     problems: int = 0
     problems_solved: int = 0  # problems with at least one verified sample
     per_problem: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _norm(text: str) -> str:
@@ -67,6 +71,7 @@ def keep_verified(
                 prompt=by_id[s.problem_id].prompt,
                 completion=s.completion,
                 iteration=iteration,
+                messages=by_id[s.problem_id].messages,
             )
         )
     stats.kept = len(examples)

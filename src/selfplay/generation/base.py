@@ -1,28 +1,38 @@
-"""The generation interface every backend implements."""
+"""What every backend shares: the interface, sample ids, and the progress bar around any backend's batches."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
-from selfplay.records import Problem, Sample
+from tqdm.auto import tqdm
 
+from selfplay.interfaces import Completion, Generator, SamplingParams
+from selfplay.records import Problem, Sample, sample_id
 
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    seed: int = 0
+__all__ = ["Completion", "Generator", "SamplingParams", "sample_batches"]
 
 
-class Generator(Protocol):
-    """Samples `params.n` completions per problem, yielded in batches so callers can persist as they go."""
-
-    model_name: str
-
-    def generate(
-        self, problems: Sequence[Problem], params: SamplingParams, desc: str = "generate"
-    ) -> Iterator[list[Sample]]: ...
+def sample_batches(
+    gen: Generator, problems: Sequence[Problem], params: SamplingParams, batch_size: int, desc: str = "generate"
+) -> Iterator[list[Sample]]:
+    """Run `gen` over `problems` and yield each batch as Samples (all `params.n` of a problem together)."""
+    if not problems:
+        return
+    if params.temperature == 0.0 and params.n > 1:
+        raise ValueError("greedy decoding gives one sample per problem; use temperature > 0 for n > 1")
+    bar = tqdm(total=len(problems) * params.n, desc=desc, unit="sample", dynamic_ncols=True)
+    start, tokens = time.perf_counter(), 0
+    try:
+        for batch in gen.generate(problems, params, batch_size):
+            samples = [
+                Sample(sample_id(p.id, k), p.id, c.text, c.num_tokens, c.finish_reason, gen.model_name)
+                for p, completions in batch
+                for k, c in enumerate(completions)
+            ]
+            tokens += sum(s.num_tokens for s in samples)
+            bar.update(len(samples))
+            bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):.0f}", refresh=False)
+            yield samples
+    finally:
+        bar.close()  # also when interrupted, so the bar does not print over later messages

@@ -6,32 +6,28 @@ batch), which cuts padding and lets the caller persist finished problems as each
 
 from __future__ import annotations
 
-import time
+import gc
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from selfplay.generation.base import SamplingParams
-from selfplay.records import Problem, Sample
+from selfplay.errors import UserError
+from selfplay.interfaces import Completion, SamplingParams
+from selfplay.models import Placement, load_model, load_tokenizer
+from selfplay.records import Problem
 
 
 class TransformersGenerator:
-    def __init__(self, model, tokenizer, model_name: str, batch_size: int = 64):
+    def __init__(self, model, tokenizer, model_name: str):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.batch_size = batch_size
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {i for i in eos_ids + [tokenizer.eos_token_id] if i is not None}
 
     def _encode(self, problems: Sequence[Problem]) -> list[list[int]]:
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=False
-            )
-            for p in problems
-        ]
+        texts = [self.tokenizer.apply_chat_template(p.chat(), add_generation_prompt=True, tokenize=False)
+                 for p in problems]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _run(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
@@ -55,45 +51,40 @@ class TransformersGenerator:
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         return out[:, width:].tolist()
 
-    def _sample(self, problem: Problem, k: int, seq: list[int]) -> Sample:
+    def _completion(self, seq: list[int]) -> Completion:
         stop = next((j for j, t in enumerate(seq) if t in self.stop_ids), None)
         n_tok = len(seq) if stop is None else stop
-        return Sample(
-            id=f"{problem.id}/s{k}",
-            problem_id=problem.id,
-            completion=self.tokenizer.decode(seq[:n_tok], skip_special_tokens=True),
-            num_tokens=n_tok,
-            finish_reason="length" if stop is None else "stop",
-            model=self.model_name,
-        )
+        text = self.tokenizer.decode(seq[:n_tok], skip_special_tokens=True)
+        return Completion(text, n_tok, "length" if stop is None else "stop")
 
     def generate(
-        self, problems: Sequence[Problem], params: SamplingParams, desc: str = "generate"
-    ) -> Iterator[list[Sample]]:
-        """Yield, batch by batch, all `params.n` samples of each problem in the batch."""
+        self, problems: Sequence[Problem], params: SamplingParams, batch_size: int
+    ) -> Iterator[list[tuple[Problem, list[Completion]]]]:
+        """Longest prompts first (an out-of-memory batch shows at the start), `batch_size // n` problems a call."""
         import torch
 
         if not problems:
             return
-        if params.temperature == 0.0 and params.n > 1:
-            raise ValueError("greedy decoding gives one sample per problem; use temperature > 0 for n > 1")
         encoded = self._encode(problems)
         order = sorted(range(len(problems)), key=lambda i: -len(encoded[i]))
-        per_batch = max(1, self.batch_size // params.n)
+        per_batch = max(1, batch_size // params.n)
         torch.manual_seed(params.seed)
         self.model.eval()
-        bar = tqdm(total=len(problems) * params.n, desc=desc, unit="sample", dynamic_ncols=True)
-        start, tokens = time.perf_counter(), 0
-        try:
-            for b in range(0, len(order), per_batch):
-                idx = order[b : b + per_batch]
-                new = self._run([encoded[i] for i in idx], params)
-                batch = [
-                    self._sample(problems[idx[row // params.n]], row % params.n, seq) for row, seq in enumerate(new)
-                ]
-                tokens += sum(s.num_tokens for s in batch)
-                bar.update(len(batch))
-                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}", refresh=False)
-                yield batch
-        finally:
-            bar.close()  # also when interrupted, so the bar does not print over later messages
+        for b in range(0, len(order), per_batch):
+            idx = order[b : b + per_batch]
+            new = self._run([encoded[i] for i in idx], params)
+            yield [
+                (problems[i], [self._completion(seq) for seq in new[row * params.n : (row + 1) * params.n]])
+                for row, i in enumerate(idx)
+            ]
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+
+
+def transformers_backend(model_path: Path, where: Placement, **options: object) -> TransformersGenerator:
+    """Factory for `generate.backend: transformers`; it takes no options."""
+    if options:
+        raise UserError(f"generate.options: the transformers backend takes no options (got {', '.join(options)})")
+    return TransformersGenerator(load_model(model_path, where), load_tokenizer(model_path), str(model_path))

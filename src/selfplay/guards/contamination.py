@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from selfplay.records import Example
+from selfplay.records import TrainRecord
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -60,7 +60,7 @@ class ContaminationIndex:
 
 
 def build_index(items: Iterable[tuple[str, str]], n: int) -> ContaminationIndex:
-    """Index (id, text) pairs of every evaluation set: held-out, control and fresh problems."""
+    """Index (id, text) pairs of evaluation items (the run indexes held-out, control and earlier fresh problems)."""
     index = ContaminationIndex(n=n)
     for item_id, text in items:
         index.add(item_id, text)
@@ -68,19 +68,19 @@ def build_index(items: Iterable[tuple[str, str]], n: int) -> ContaminationIndex:
 
 
 def split_contaminated(
-    examples: Sequence[Example], questions: dict[str, str], index: ContaminationIndex
-) -> tuple[list[Example], list[dict[str, str]]]:
-    """Clean examples, and a record of each dropped one with the evaluation item it overlaps.
+    records: Sequence[TrainRecord], questions: dict[str, str], index: ContaminationIndex
+) -> tuple[list[TrainRecord], list[dict[str, str]]]:
+    """Clean records, and a note of each dropped one with the evaluation item it overlaps.
 
-    An example is checked on its problem's question and its completion; `questions` maps problem ids to
-    their question text (the prompt without the shared exemplar and instruction).
+    A record (an Example or a Pair) is checked on its problem's question and on every model-written text
+    it trains on; `questions` maps problem ids to their question text (without exemplar and instruction).
     """
     clean, dropped = [], []
-    for ex in examples:
-        question = questions.get(ex.problem_id, ex.prompt)
-        hit = index.match(question) or index.match(ex.completion)
+    for rec in records:
+        question = questions.get(rec.problem_id, rec.prompt)
+        hit = index.match(question) or next((h for t in rec.texts if (h := index.match(t)) is not None), None)
         if hit is None:
-            clean.append(ex)
+            clean.append(rec)
         else:
-            dropped.append({"example_id": ex.id, "problem_id": ex.problem_id, "overlaps": hit})
+            dropped.append({"example_id": rec.id, "problem_id": rec.problem_id, "overlaps": hit})
     return clean, dropped

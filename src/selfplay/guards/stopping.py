@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfplay.config import StopConfig
+from selfplay.results import Decision
 
 
 def best_iteration(rows: Sequence[dict[str, Any]], metric: str) -> int:
@@ -25,7 +26,7 @@ def best_iteration(rows: Sequence[dict[str, Any]], metric: str) -> int:
 def decide(
     rows: Sequence[dict[str, Any]], cfg: StopConfig, max_iterations: int, alarms: Sequence[str] = (),
     stop_on_alarm: bool = False,
-) -> dict[str, Any]:
+) -> Decision:
     """The decision after the last row of `rows` (one per evaluated iteration, oldest first)."""
     metric = cfg.metric
     current = rows[-1]
@@ -53,12 +54,13 @@ def decide(
                     f"control task {name} fell from {base_controls[name]:.1%} to {acc:.1%} "
                     f"(more than {cfg.control_max_drop:.1%}): the model is forgetting"
                 )
-    decision: dict[str, Any] = {"iteration": i, "best_iteration": best, "metric": metric, "best_value": best_value}
+    def decision(action: str, degraded: bool = False, why: Sequence[str] = ()) -> Decision:
+        return Decision(action, i, best, metric, best_value, degraded, list(why))
+
     if reasons:
-        action = "rollback" if cfg.on_degrade == "rollback" and i < max_iterations else "stop"
-        return {**decision, "action": action, "degraded": True, "reasons": reasons}
+        return decision("rollback" if cfg.on_degrade == "rollback" and i < max_iterations else "stop", True, reasons)
     if alarms and stop_on_alarm:
-        return {**decision, "action": "stop", "degraded": False, "reasons": [f"guard alarm: {a}" for a in alarms]}
+        return decision("stop", why=[f"guard alarm: {a}" for a in alarms])
     if cfg.plateau is not None and i > 0:
         last_gain = 0
         value = rows[0][metric]
@@ -66,11 +68,7 @@ def decide(
             if r[metric] > value + cfg.min_gain:
                 value, last_gain = r[metric], int(r["iteration"])
         if i - last_gain >= cfg.plateau:
-            return {
-                **decision, "action": "stop", "degraded": False,
-                "reasons": [f"plateau: no gain in {metric} for {i - last_gain} iteration(s)"],
-            }
+            return decision("stop", why=[f"plateau: no gain in {metric} for {i - last_gain} iteration(s)"])
     if i >= max_iterations:
-        cap = f"reached the {max_iterations}-iteration cap"
-        return {**decision, "action": "finish", "degraded": False, "reasons": [cap]}
-    return {**decision, "action": "continue", "degraded": False, "reasons": []}
+        return decision("finish", why=[f"reached the {max_iterations}-iteration cap"])
+    return decision("continue")

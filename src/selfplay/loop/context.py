@@ -1,20 +1,76 @@
-"""What every stage of a run needs: the config, the run folder, the frozen splits, the checkers and models."""
+"""What a recipe gets: the run's config, folder, frozen problems, checkers and models, and one method per stage.
+
+A recipe wires an iteration from these methods; each runs through the stage runner, so it is skipped when
+its summary exists, timed, and recorded in state.json. The driver, not the recipe, picks the model to
+sample from and evaluates the result.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig
+from selfplay.files import read_jsonl
+from selfplay.generation import build_generator
 from selfplay.guards.contamination import ContaminationIndex, build_index
-from selfplay.loop import stages
+from selfplay.interfaces import Generator, SamplingParams, Task, Trainer
+from selfplay.loop import review, stages
 from selfplay.loop.rundir import RunDir
-from selfplay.models import Placement
+from selfplay.loop.runner import run_stage
+from selfplay.models import Placement, resolve_model_path
 from selfplay.records import Problem
 from selfplay.verifiers import Verifier
+
+
+class ModelPool:
+    """Keeps the models in use loaded across stages, so generate and evaluate share a load.
+
+    Up to `capacity` models stay loaded (least recently used first out), so a judge that reads one model
+    while another is being sampled or evaluated does not reload either on every call.
+    """
+
+    def __init__(self, where: Placement, backend: str, options: dict[str, Any], capacity: int = 2):
+        self.where, self.backend, self.options, self.capacity = where, backend, dict(options), capacity
+        self._loaded: dict[Path, Generator] = {}
+
+    def generator(self, path: Path) -> Generator:
+        path = Path(path)
+        if path in self._loaded:
+            self._loaded[path] = self._loaded.pop(path)  # most recently used last
+            return self._loaded[path]
+        while len(self._loaded) >= self.capacity:
+            oldest = next(iter(self._loaded))
+            self._loaded.pop(oldest).close()
+        self._loaded[path] = build_generator(self.backend, path, self.where, self.options)
+        return self._loaded[path]
+
+    def release(self) -> None:
+        """Close every loaded model (before training loads its own copy, and at the end of a run)."""
+        while self._loaded:
+            self._loaded.popitem()[1].close()
+        gc.collect()
+
+
+@dataclass
+class RunModels:
+    """The run's models, as a verifier sees them (a GeneratorSource): 'current', 'base', or a model folder."""
+
+    pool: ModelPool
+    base_path: Path
+    current: Path | None = None  # the model the running iteration samples from; set by the driver
+
+    def generator(self, which: str) -> Generator:
+        if which == "current":
+            path = self.current or self.base_path
+        elif which == "base":
+            path = self.base_path
+        else:
+            path = resolve_model_path(which)
+        return self.pool.generator(path)
 
 
 @dataclass
@@ -30,59 +86,83 @@ class ControlSet:
 class RunContext:
     cfg: RunConfig
     rundir: RunDir
-    train: list[Problem]
+    task: Task
+    train_problems: list[Problem]
     heldout: list[Problem]
     verifier: Verifier  # the score the run trains on (may be a proxy)
-    pool: stages.ModelPool
+    models: RunModels
     where: Placement
-    base_path: Path
     gold: Verifier | None = None  # the task's own checker, for held-out scoring and the reward-hacking audit
     controls: list[ControlSet] = field(default_factory=list)
     exemplar: Problem | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pool(self) -> ModelPool:
+        return self.models.pool
+
+    @property
+    def base_path(self) -> Path:
+        """The starting model."""
+        return self.models.base_path
 
     @property
     def scorer(self) -> Verifier:
         """Held-out problems are scored by the gold checker when there is one, else by the run's verifier."""
         return self.gold if self.gold is not None else self.verifier
 
-    def contamination_index(self) -> ContaminationIndex:
-        """Every evaluation prompt (held-out and control), to keep them out of the training data."""
-        items = [(p.id, str(p.meta.get("question", p.prompt))) for p in self.heldout]
-        for c in self.controls:
-            items += [(p.id, str(p.meta.get("question", p.prompt))) for p in c.problems]
-        return build_index(items, self.cfg.guards.contamination_n)
-
     def model_after(self, i: int) -> Path:
         """The model that iteration `i` produced; iteration 0 is the starting model."""
-        return self.base_path if i == 0 else stages.trained_model_path(self.rundir.iter_dir(i))
+        return self.rundir.model_of(i, self.base_path)
 
+    def contamination_index(self, i: int) -> ContaminationIndex:
+        """Every evaluation question the run has shown so far: held-out, control, and earlier fresh problems."""
+        items = [(p.id, p.question) for p in self.heldout]
+        for c in self.controls:
+            items += [(p.id, p.question) for p in c.problems]
+        for j in range(i):
+            fresh = self.rundir.iter_dir(j) / "fresh_problems.jsonl"
+            if fresh.is_file():
+                items += [(p["id"], Problem(**p).question) for p in read_jsonl(fresh)]
+        return build_index(items, self.cfg.guards.contamination_n)
+
+    # -- the stages, for recipes -----------------------------------------------------------------
     def stage(self, i: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        self.rundir.write_state(status="running", iteration=i, stage=name)
-        start = time.perf_counter()
-        result = fn()
-        self.timings[f"iter-{i:03d}/{name}"] = time.perf_counter() - start
-        done = self.rundir.read_state().get("done", [])
-        if f"iter-{i:03d}/{name}" not in done:
-            done.append(f"iter-{i:03d}/{name}")
-        self.rundir.write_state(done=done)
-        return result
+        """Run a stage of your own through the runner (skip when done, timing, state, atomic summary)."""
+        return run_stage(self.rundir, i, name, fn)
 
-    def evaluate(self, i: int) -> dict[str, Any]:
-        from selfplay.loop.evaluation import evaluate_iteration
+    def generate(self, i: int, problems: Sequence[Problem], source: Path, params: SamplingParams) -> dict[str, Any]:
+        """samples.jsonl: `params.n` completions per problem from the model at `source`."""
+        it_dir = self.rundir.iter_dir(i)
+        return self.stage(i, "generate", lambda: stages.generate(
+            it_dir, problems, lambda: self.pool.generator(source), source, params, self.cfg.generate.batch_size))
 
-        result = self.stage(i, "eval", lambda: evaluate_iteration(self, i))
-        self.rundir.rebuild_metrics()
-        self.refresh_report()
-        return result
+    def verify(self, i: int, problems: Sequence[Problem], verifier: Verifier | None = None) -> dict[str, Any]:
+        """verdicts.jsonl: every sample judged by `verifier` (default: the run's)."""
+        it_dir = self.rundir.iter_dir(i)
+        chosen = verifier or self.verifier
+        return self.stage(i, "verify", lambda: stages.verify(it_dir, problems, chosen, self.cfg.verify.batch_size))
 
-    def refresh_report(self) -> Path | None:
-        """Rewrite report.html (and TensorBoard scalars); a failure is reported, never fatal to the run."""
-        from selfplay.reporting import write_report
+    def select(self, i: int, problems: Sequence[Problem], select: stages.Select, record_type: type) -> dict[str, Any]:
+        """train.jsonl or pairs.jsonl: the records `select` makes from the verdicts, minus contaminated ones."""
+        it_dir = self.rundir.iter_dir(i)
+        return self.stage(i, "filter", lambda: stages.filter_(
+            it_dir, problems, select, record_type, self.contamination_index(i)))
 
-        try:
-            return write_report(self.rundir.path)
-        except Exception as e:
-            print(f"report.html not updated ({type(e).__name__}: {e}); retry with: selfplay report "
-                  f"{self.rundir.path}", flush=True)
-            return None
+    def review(self, i: int) -> list[str]:
+        """Pause for a person when `review.every` says so; return the record ids they rejected."""
+        r = self.cfg.review
+        if not r.every or i % r.every:
+            return []
+        it_dir = self.rundir.iter_dir(i)
+        summary = self.stage(i, "review", lambda: review.gate(
+            it_dir, self.rundir.path, self.train_problems, r.sample_size, self.cfg.seed + i, r.poll_seconds))
+        review.raise_if_rejected(it_dir, summary)
+        return summary.get("rejected_ids", [])
+
+    def train(self, i: int, trainer: Trainer, init: Path, fallback: Path, removed: Sequence[str] = ()) -> Path:
+        """model/: `trainer` fine-tunes `init` on this iteration's records; with none, the model is `fallback`."""
+        it_dir = self.rundir.iter_dir(i)
+        cfg = self.cfg
+        self.stage(i, "train", lambda: stages.train(
+            it_dir, trainer, init, fallback, cfg.train, self.where, cfg.seed + i, self.pool.release, removed))
+        return self.model_after(i)

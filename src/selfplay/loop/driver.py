@@ -1,25 +1,37 @@
-"""Start or resume a run: lock the folder, freeze config and splits, evaluate the base, run the iterations."""
+"""Start or resume a run: lock the folder, freeze config and splits, evaluate the base, run the iterations.
+
+The driver owns the iteration: it picks the model to sample from (the last one, or the best after a
+rollback), calls the recipe, then always evaluates the model the recipe returns and applies the stop
+rules. It knows recipes only as a callable and the report only as a hook, both handed in by
+`selfplay.api`, so nothing here imports `recipes` or `reporting`.
+"""
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfplay import config as configlib
-from selfplay.errors import UserError
+from selfplay.errors import UserError, WriteError
 from selfplay.files import atomic_write_jsonl
-from selfplay.loop.context import ControlSet, RunContext
-from selfplay.loop.evaluation import decision_after
+from selfplay.interfaces import Recipe
+from selfplay.loop.context import ControlSet, ModelPool, RunContext, RunModels
+from selfplay.loop.evaluation import decision_after, evaluate_iteration
 from selfplay.loop.review import ReviewRejected
-from selfplay.loop.rundir import RunDir
-from selfplay.loop.stages import ModelPool, load_records
+from selfplay.loop.rundir import RunDir, load_records
 from selfplay.models import placement, resolve_model_path
 from selfplay.records import Problem, to_dict
+from selfplay.results import Decision
 from selfplay.tasks import build_control, build_task, control_task
 from selfplay.verifiers import build_verifier
+
+# OS errors a user fixes on their side (space, quota, permissions): one line, then `selfplay resume`.
+_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass
@@ -27,21 +39,19 @@ class Problems:
     train: list[Problem]
     heldout: list[Problem]
     exemplar: Problem | None
-    default_verifier: str
     new: bool  # a fresh split, still to be written with `freeze_problems`
 
 
-def load_problems(rundir: RunDir, cfg: configlib.RunConfig) -> Problems:
+def load_problems(rundir: RunDir, task) -> Problems:
     """The run's train and held-out problems: the frozen split if the run has one, else a new split."""
-    task = build_task(cfg.task)
     d = rundir.problems_dir
     if (d / "train.jsonl").is_file() and (d / "heldout.jsonl").is_file():
         exemplar = load_records(d / "exemplar.jsonl", Problem) if (d / "exemplar.jsonl").is_file() else []
         found = Problems(load_records(d / "train.jsonl", Problem), load_records(d / "heldout.jsonl", Problem),
-                         exemplar[0] if exemplar else None, task.default_verifier, False)
+                         exemplar[0] if exemplar else None, False)
     else:
         split = task.split()
-        found = Problems(split.train, split.heldout, split.exemplar, task.default_verifier, True)
+        found = Problems(split.train, split.heldout, split.exemplar, True)
     check_disjoint(found.train, found.heldout)
     return found
 
@@ -63,8 +73,9 @@ def load_controls(rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool)
             problems = load_records(frozen, Problem)
         else:
             problems, new = build_control(c), True
-        default_verifier = control_task(c).default_verifier
-        controls.append(ControlSet(c.name, problems, build_verifier(c.verifier, default_verifier, strict_format)))
+        verifier = build_verifier(c.verifier, control_task(c).default_verifier, strict_format=strict_format,
+                                  field=f"guards.control[{c.name}].verifier")
+        controls.append(ControlSet(c.name, problems, verifier))
     return controls, new
 
 
@@ -78,8 +89,8 @@ def freeze_controls(rundir: RunDir, controls: list[ControlSet]) -> None:
 
 def check_disjoint(train: list[Problem], heldout: list[Problem]) -> None:
     """Held-out problems must never reach generation or training; refuse to run if any prompt is shared."""
-    seen = {p.meta.get("question", p.prompt).strip() for p in train}
-    leaked = [p.id for p in heldout if p.meta.get("question", p.prompt).strip() in seen]
+    seen = {p.question.strip() for p in train}
+    leaked = [p.id for p in heldout if p.question.strip() in seen]
     if leaked:
         raise UserError(f"held-out problems also appear in the training split: {', '.join(leaked[:5])}")
 
@@ -91,14 +102,18 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
     try:
         # Everything is checked before anything is written, so a mistake leaves the run as it was.
         rundir.check_config(cfg, allow_change)
-        problems = load_problems(rundir, cfg)
-        strict = cfg.verify.strict_format
-        verifier = build_verifier(cfg.verify.verifier, problems.default_verifier, strict)
-        gold_name = cfg.guards.gold_verifier
-        gold = None if gold_name is None else build_verifier(gold_name, problems.default_verifier, strict)
-        controls, new_controls = load_controls(rundir, cfg, strict)
+        task = build_task(cfg.task)
+        problems = load_problems(rundir, task)
+        controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format)
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
+        models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options), base_path)
+        v = cfg.verify
+        verifier = build_verifier(v.verifier, task.default_verifier, strict_format=v.strict_format,
+                                  options=v.options, run=models)
+        gold_name = cfg.guards.gold_verifier
+        gold = None if gold_name is None else build_verifier(
+            gold_name, task.default_verifier, strict_format=v.strict_format, field="guards.gold_verifier")
         rundir.freeze_config(cfg)
         if problems.new:
             freeze_problems(rundir, problems)
@@ -109,80 +124,90 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
         if made:  # a first start that failed leaves no half-made run folder behind
             shutil.rmtree(rundir.path, ignore_errors=True)
         raise
-    pool = ModelPool(where, cfg.generate.backend, cfg.generate.batch_size)
-    return RunContext(
-        cfg, rundir, problems.train, problems.heldout, verifier, pool, where, base_path,
-        gold=gold, controls=controls, exemplar=problems.exemplar,
-    )
+    return RunContext(cfg, rundir, task, problems.train, problems.heldout, verifier, models, where, gold=gold,
+                      controls=controls, exemplar=problems.exemplar)
 
 
-def execute(ctx: RunContext) -> list[dict[str, Any]]:
-    """Run every unfinished stage of every iteration until the cap or a stop rule; return the metrics table."""
-    from selfplay.recipes import RECIPES
+def evaluate(ctx: RunContext, i: int, model: Path, on_evaluated: Callable[[Path], Any] | None) -> None:
+    """The eval stage of iteration `i` (skipped when done), then metrics.jsonl and the report hook."""
+    ctx.stage(i, "eval", lambda: evaluate_iteration(ctx, i, model))
+    ctx.rundir.rebuild_metrics()
+    if on_evaluated is not None:
+        on_evaluated(ctx.rundir.path)
 
+
+def execute(
+    ctx: RunContext, recipe: Recipe, on_evaluated: Callable[[Path], Any] | None = None
+) -> tuple[list[dict[str, Any]], Decision]:
+    """Run every unfinished stage of every iteration until the cap or a stop rule; return the metrics and decision."""
     cfg = ctx.cfg
     start = time.perf_counter()
     print(
-        f"Run {ctx.rundir.path}: {cfg.recipe}, {cfg.iterations} iteration(s), {len(ctx.train)} train / "
+        f"Run {ctx.rundir.path}: {cfg.recipe}, {cfg.iterations} iteration(s), {len(ctx.train_problems)} train / "
         f"{len(ctx.heldout)} held-out problems, model {ctx.base_path}, {ctx.where.device}",
         flush=True,
     )
     ctx.rundir.write_state(status="running", base_model=str(ctx.base_path), iterations=cfg.iterations)
-    status, message = "finished", None
     try:
-        ctx.evaluate(0)
+        evaluate(ctx, 0, ctx.base_path, on_evaluated)
         i = 0
         decision = decision_after(ctx, 0)
-        while decision["action"] in ("continue", "rollback") and i < cfg.iterations:
+        while decision.goes_on and i < cfg.iterations:
             i += 1
-            if decision["action"] == "rollback":
+            source = ctx.model_after(i - 1)
+            if decision.action == "rollback":
                 print(f"Rolling back: iteration {i} samples from the model of iteration "
-                      f"{decision['best_iteration']}", flush=True)
-            RECIPES[cfg.recipe](ctx, i)
+                      f"{decision.best_iteration}", flush=True)
+                source = ctx.model_after(decision.best_iteration)
+            ctx.models.current = source
+            ctx.rundir.iter_dir(i).mkdir(parents=True, exist_ok=True)
+            trained = recipe(ctx, i, source)
+            evaluate(ctx, i, trained, on_evaluated)
             decision = decision_after(ctx, i)
-        if decision["action"] == "stop":
-            status = "stopped"
-            message = f"Stopped after iteration {decision['iteration']}: " + "; ".join(decision["reasons"])
+        status = "stopped" if decision.action == "stop" else "finished"
         rows = ctx.rundir.rebuild_metrics()
-        ctx.rundir.write_state(status=status, stage=None, best_iteration=decision["best_iteration"],
-                               stop_reasons=decision["reasons"])
+        ctx.rundir.write_state(status=status, stage=None, best_iteration=decision.best_iteration,
+                               stop_reasons=decision.reasons)
     except ReviewRejected as e:
         ctx.rundir.write_state(status="rejected", stage=None)
         raise UserError(str(e)) from None
     except BaseException as e:
-        ctx.rundir.write_state(status="interrupted")
+        _mark_interrupted(ctx.rundir)
         if isinstance(e, KeyboardInterrupt):
             print(f"\nStopped. Finished stages are kept; continue with: selfplay resume {ctx.rundir.path}", flush=True)
+        if isinstance(e, WriteError):
+            raise UserError(f"{e}: selfplay resume {ctx.rundir.path}") from None
+        if isinstance(e, OSError) and e.errno in _FIXABLE:
+            where = f"{e.filename}: " if e.filename else ""
+            raise UserError(f"{where}cannot write ({e.strerror}); free some space or fix the folder, then: "
+                            f"selfplay resume {ctx.rundir.path}") from None
         raise
     finally:
         ctx.pool.release()
         ctx.rundir.unlock()
     print(f"\nFinished in {time.perf_counter() - start:.0f}s (this session). Metrics: {ctx.rundir.metrics_path}")
     print(format_table(rows, cfg.eval.pass_k if cfg.eval.samples else None))
-    if message:
-        print(message)
-    best = decision["best_iteration"]
-    print(f"Best iteration: {best} ({decision['metric']} {decision['best_value']:.1%}); "
+    if decision.action == "stop":
+        print(f"Stopped after iteration {decision.iteration}: " + "; ".join(decision.reasons))
+    print(f"Best iteration: {decision.best_iteration} ({decision.metric} {decision.best_value:.1%}); "
           f"export it with: selfplay export {ctx.rundir.path} OUT_DIR")
-    report = ctx.refresh_report()
-    if report is not None:
-        print(f"Report: {report}")
-    return rows
+    return rows, decision
 
 
-def run(cfg: configlib.RunConfig, allow_change: bool = False) -> list[dict[str, Any]]:
-    return execute(open_run(cfg, cfg.run_dir, allow_change))
+def _mark_interrupted(rundir: RunDir) -> None:
+    try:
+        rundir.write_state(status="interrupted")
+    except OSError:  # the disk that stopped the run may refuse this too; the stage files tell the truth
+        pass
 
 
-def resume(run_path: Path, overrides: list[str], allow_change: bool) -> list[dict[str, Any]]:
-    rundir = RunDir(run_path)
-    frozen = rundir.frozen_config()
-    if frozen is None:
-        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
-    data = frozen.model_dump(mode="json")
+def reopen(run_path: Path, overrides: list[str], allow_change: bool) -> RunContext:
+    """Open an existing run with its frozen config, plus overrides."""
+    rundir = RunDir(run_path).require()
+    data = rundir.frozen_config().model_dump(mode="json")
     cfg = configlib.validate(configlib.apply_overrides(data, overrides), f"{rundir.config_path} + overrides")
     # The folder named on the command line is the run, wherever it has been moved since it started.
-    return execute(open_run(cfg, rundir.path, allow_change))
+    return open_run(cfg, rundir.path, allow_change)
 
 
 def format_table(rows: list[dict[str, Any]], pass_k: int | None) -> str:

@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.files import atomic_replace_dir, read_json
+from selfplay.files import atomic_replace_dir
 from selfplay.guards.stopping import best_iteration
 from selfplay.loop.rundir import RunDir
 
 
 def export(run_path: Path, out: Path, iteration: int | None = None, force: bool = False) -> dict[str, Any]:
     """Copy the model of `iteration` (default: the best) to `out`, with a note of where it came from."""
-    rundir = RunDir(run_path)
+    rundir = RunDir(run_path).require()
     cfg = rundir.frozen_config()
-    if cfg is None:
-        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
     rows = rundir.metrics() or rundir.rebuild_metrics()
     if not rows:
         raise UserError(f"{run_path}: no iteration has been evaluated yet")
@@ -26,12 +24,7 @@ def export(run_path: Path, out: Path, iteration: int | None = None, force: bool 
     chosen = best_iteration(rows, cfg.stop.metric) if iteration is None else iteration
     if chosen not in evaluated:
         raise UserError(f"{run_path}: iteration {chosen} has not been evaluated (evaluated: {sorted(evaluated)})")
-    if chosen == 0:
-        source = Path(read_json(rundir.state_path).get("base_model", "")) if rundir.state_path.is_file() else Path()
-    else:
-        summary = read_json(rundir.iter_dir(chosen) / "train.json")
-        source = Path(summary["model"])
-        source = source if source.is_absolute() else rundir.iter_dir(chosen) / source
+    source = rundir.model_of(chosen)
     if not (source / "config.json").is_file():
         raise UserError(f"{source}: the model of iteration {chosen} is missing")
     out = Path(out)

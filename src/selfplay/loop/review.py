@@ -4,7 +4,7 @@ Files in the iteration folder:
     review.request.json   the examples shown (a seeded random sample of train.jsonl with their verdicts)
     review.html           the same, as a static page
     review.decision.json  written by `selfplay approve` / `selfplay reject` (atomically; another shell works)
-    review.json           the gate's stage summary, written once the waiting run has taken the decision
+    review.json           the gate's stage summary (written by the stage runner once the decision is taken)
 
 The waiting run polls for the decision file, so it can be approved from another shell; a run killed while
 waiting resumes into the same wait, and the decision can be given before it resumes.
@@ -32,23 +32,36 @@ class ReviewRejected(Exception):
 
 
 def build_request(it_dir: Path, problems: Sequence[Problem], sample_size: int, seed: int) -> dict[str, Any]:
+    rundir = RunDir(it_dir.parent)
+    i = RunDir.iteration_of(it_dir)
     by_id = {p.id: p for p in problems}
-    examples = read_jsonl(it_dir / "train.jsonl")
+    records = rundir.train_records(i) or []
     verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
-    chosen = sorted(random.Random(seed).sample(range(len(examples)), min(sample_size, len(examples))))
+    chosen = sorted(random.Random(seed).sample(range(len(records)), min(sample_size, len(records))))
     shown = []
     for idx in chosen:
-        ex = examples[idx]
-        problem = by_id.get(ex["problem_id"])
-        shown.append({
-            "id": ex["id"],
-            "problem_id": ex["problem_id"],
-            "question": str(problem.meta.get("question", problem.prompt)) if problem else ex["prompt"],
+        rec = records[idx]
+        problem = by_id.get(rec.problem_id)
+        first, *rest = rec.sample_ids
+        item = {
+            "id": rec.id,
+            "problem_id": rec.problem_id,
+            "question": problem.question if problem else rec.prompt,
             "reference": problem.reference if problem else None,
-            "completion": ex["completion"],
-            "verdict": verdicts.get(ex["sample_id"]),
-        })
-    return {"iteration": int(it_dir.name.split("-")[1]), "examples_total": len(examples), "shown": shown}
+            "completion": rec.texts[0],
+            "verdict": verdicts.get(first),
+        }
+        if rest:  # a preference pair: the rejected side too
+            item.update(rejected=rec.texts[1], rejected_verdict=verdicts.get(rest[0]))
+        shown.append(item)
+    return {"iteration": i, "examples_total": len(records), "shown": shown}
+
+
+def _rejected_html(ex: dict[str, Any]) -> str:
+    if "rejected" not in ex:
+        return ""
+    score = (ex.get("rejected_verdict") or {}).get("score")
+    return f"<p><b>rejected</b> (score {html.escape(str(score))}):</p><pre>{html.escape(ex['rejected'])}</pre>"
 
 
 def render_page(request: dict[str, Any], run_path: Path) -> str:
@@ -59,7 +72,7 @@ def render_page(request: dict[str, Any], run_path: Path) -> str:
         rows.append(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                 ex["id"], ex["question"], ex["reference"], v.get("answer"), v.get("score"),
-            )) + f"<td><pre>{html.escape(ex['completion'])}</pre></td></tr>"
+            )) + f"<td><pre>{html.escape(ex['completion'])}</pre>{_rejected_html(ex)}</td></tr>"
         )
     i = request["iteration"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Review iteration {i}</title>
@@ -75,35 +88,32 @@ Reject (stops the run): <code>selfplay reject {html.escape(str(run_path))}</code
 
 def gate(it_dir: Path, run_path: Path, problems: Sequence[Problem], sample_size: int, seed: int,
          poll_seconds: float) -> dict[str, Any]:
-    """Write the review request if needed and wait for a decision; the summary lists rejected example ids."""
-    summary_path = it_dir / SUMMARY
-    if summary_path.is_file():
-        summary = read_json(summary_path)
-    else:
-        if not (it_dir / REQUEST).is_file():
-            request = build_request(it_dir, problems, sample_size, seed)
-            atomic_write_text(it_dir / PAGE, render_page(request, run_path))
-            atomic_write_json(it_dir / REQUEST, request)
-        decision_path = it_dir / DECISION
-        if not decision_path.is_file():
-            RunDir(run_path).write_state(status="waiting for review", iteration=int(it_dir.name.split("-")[1]))
-            print(
-                f"\n{it_dir.name}: waiting for review of the training data ({it_dir / PAGE}).\n"
-                f"  show:    selfplay review {run_path}\n"
-                f"  go on:   selfplay approve {run_path} [--reject EXAMPLE_ID ...]\n"
-                f"  stop:    selfplay reject {run_path}\n"
-                "This process waits; Ctrl-C is safe, and `selfplay resume` comes back to this point.",
-                flush=True,
-            )
-        while not decision_path.is_file():
-            time.sleep(poll_seconds)
-        decision = read_json(decision_path)
-        RunDir(run_path).write_state(status="running")
-        summary = {**decision, "seconds": 0.0}
-        atomic_write_json(summary_path, summary)
+    """Write the review request if needed and wait for a decision; the result lists rejected record ids."""
+    if not (it_dir / REQUEST).is_file():
+        request = build_request(it_dir, problems, sample_size, seed)
+        atomic_write_text(it_dir / PAGE, render_page(request, run_path))
+        atomic_write_json(it_dir / REQUEST, request)
+    decision_path = it_dir / DECISION
+    if not decision_path.is_file():
+        RunDir(run_path).write_state(status="waiting for review", iteration=RunDir.iteration_of(it_dir))
+        print(
+            f"\n{it_dir.name}: waiting for review of the training data ({it_dir / PAGE}).\n"
+            f"  show:    selfplay review {run_path}\n"
+            f"  go on:   selfplay approve {run_path} [--reject EXAMPLE_ID ...]\n"
+            f"  stop:    selfplay reject {run_path}\n"
+            "This process waits; Ctrl-C is safe, and `selfplay resume` comes back to this point.",
+            flush=True,
+        )
+    while not decision_path.is_file():
+        time.sleep(poll_seconds)
+    RunDir(run_path).write_state(status="running")
+    # Waiting for a person is not compute: it stays out of the stage-time plot.
+    return {**read_json(decision_path), "seconds": 0.0}
+
+
+def raise_if_rejected(it_dir: Path, summary: dict[str, Any]) -> None:
     if summary["decision"] == "rejected":
         raise ReviewRejected(f"{it_dir.name}: a reviewer rejected the training data; the run stops here")
-    return summary
 
 
 def pending(run_path: Path) -> Path | None:
@@ -120,9 +130,7 @@ def latest_request(run_path: Path) -> Path | None:
 
 def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reason: str | None = None) -> str:
     """Record a reviewer's decision for the waiting iteration; giving the same decision twice is harmless."""
-    run_path = Path(run_path)
-    if not (run_path / "config.yaml").is_file():
-        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
+    run_path = RunDir(run_path).require().path
     it_dir = pending(run_path)
     if it_dir is None:
         last = latest_request(run_path)
@@ -132,7 +140,7 @@ def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reas
                 return f"{last.name}: already {decision}; nothing to do"
             raise UserError(f"{last.name}: already {earlier['decision']}; a decision cannot be changed")
         raise UserError(f"{run_path}: no iteration is waiting for review")
-    known = {row["id"] for row in read_jsonl(it_dir / "train.jsonl")}
+    known = {r.id for r in RunDir(run_path).train_records(RunDir.iteration_of(it_dir)) or []}
     unknown = [r for r in rejected_ids if r not in known]
     if unknown:
         raise UserError(f"{it_dir.name}: no training example with id {unknown[0]!r} (see selfplay review {run_path})")
@@ -154,9 +162,7 @@ def _printable(text: object) -> str:
 
 def show(run_path: Path) -> str:
     """The waiting (or latest) review request as terminal text."""
-    run_path = Path(run_path)
-    if not (run_path / "config.yaml").is_file():
-        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
+    run_path = RunDir(run_path).require().path
     it_dir = pending(run_path) or latest_request(run_path)
     if it_dir is None:
         raise UserError(f"{run_path}: no review has been requested (set review.every to pause for review)")
@@ -172,5 +178,8 @@ def show(run_path: Path) -> str:
         lines.append(f"  question:   {_printable(ex['question'])}")
         completion = _printable(ex["completion"]).replace("\n", "\n              ")
         lines.append(f"  completion: {completion}")
+        if "rejected" in ex:
+            rejected = _printable(ex["rejected"]).replace("\n", "\n              ")
+            lines.append(f"  rejected:   {rejected}  (score {(ex.get('rejected_verdict') or {}).get('score')})")
         lines.append("")
     return "\n".join(lines)

@@ -22,6 +22,21 @@ from typing import Any
 from selfplay import config as configlib
 from selfplay.errors import UserError
 from selfplay.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+from selfplay.records import TRAIN_FILES, Example, Pair, from_dict
+from selfplay.results import Evaluation
+
+STAGES = ("generate", "verify", "filter", "review", "train", "eval")  # the stage summaries an iteration may hold
+
+
+def load_records(path: Path, cls: type) -> list:
+    """Records of type `cls` from a JSONL file; a line that is not one is an error naming its number."""
+    records = []
+    for i, row in enumerate(read_jsonl(path), start=1):
+        try:
+            records.append(from_dict(cls, row))
+        except TypeError as e:
+            raise UserError(f"{path}: record {i}: not a {cls.__name__} ({e})") from None
+    return records
 
 
 class RunDir:
@@ -32,6 +47,41 @@ class RunDir:
     # -- layout -------------------------------------------------------------------------------
     def iter_dir(self, i: int) -> Path:
         return self.path / f"iter-{i:03d}"
+
+    @staticmethod
+    def iteration_of(it_dir: Path) -> int:
+        """The iteration number of an `iter-NNN` folder."""
+        return int(Path(it_dir).name.removeprefix("iter-"))
+
+    def iter_dirs(self) -> list[Path]:
+        return sorted(self.path.glob("iter-[0-9][0-9][0-9]"))
+
+    def require(self) -> RunDir:
+        """Refuse a folder that is not a run (every command that reads a run starts here)."""
+        if not self.config_path.is_file():
+            raise UserError(f"{self.path}: not a run folder (no config.yaml)")
+        return self
+
+    def evaluations(self) -> dict[int, Evaluation]:
+        """Every eval.json in the run, by iteration."""
+        return {self.iteration_of(d): Evaluation.load(d / "eval.json", self.iteration_of(d))
+                for d in self.iter_dirs() if (d / "eval.json").is_file()}
+
+    def model_of(self, i: int, base: Path | None = None) -> Path:
+        """The model iteration `i` produced (its train stage's output); iteration 0's is the starting model."""
+        if i == 0:
+            return base if base is not None else Path(self.read_state().get("base_model", ""))
+        it_dir = self.iter_dir(i)
+        path = Path(read_json(it_dir / "train.json")["model"])
+        return path if path.is_absolute() else it_dir / path
+
+    def train_records(self, i: int) -> list[Example | Pair] | None:
+        """The training records the filter stage of iteration `i` wrote (Examples or Pairs); None before it ran."""
+        for cls, name in TRAIN_FILES.items():
+            path = self.iter_dir(i) / name
+            if path.is_file():
+                return load_records(path, cls)
+        return None
 
     @property
     def config_path(self) -> Path:
@@ -131,16 +181,11 @@ class RunDir:
     def collect_metrics(self) -> list[dict[str, Any]]:
         """One row per evaluated iteration, read from its eval.json and stage summaries."""
         rows = []
-        for it_dir in sorted(self.path.glob("iter-[0-9][0-9][0-9]")):
-            eval_path = it_dir / "eval.json"
-            if not eval_path.is_file():
-                continue
-            evaluation = read_json(eval_path)
-            row: dict[str, Any] = {"iteration": int(it_dir.name.split("-")[1])}
-            row.update(evaluation["metrics"])
-            row.update(guard_figures(evaluation))
+        for i, evaluation in self.evaluations().items():
+            it_dir = self.iter_dir(i)
+            row: dict[str, Any] = {"iteration": i, **evaluation.metrics, **evaluation.figures()}
             seconds = {}
-            for stage in ("generate", "verify", "filter", "review", "train", "eval"):
+            for stage in STAGES:
                 summary = it_dir / f"{stage}.json"
                 if summary.is_file():
                     data = read_json(summary)
@@ -156,31 +201,3 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
-
-
-def guard_figures(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The headline number of every guard in one eval.json, flat, for metrics.jsonl and plots."""
-    out: dict[str, Any] = {}
-    for name, m in evaluation.get("sets", {}).items():
-        if "greedy_accuracy" in m:
-            out[f"{name}/accuracy"] = m["greedy_accuracy"]
-            out[f"{name}/ci95"] = m["greedy_ci95"]
-    guards = evaluation.get("guards", {})
-    mc = guards.get("mode_collapse", {})
-    for key in ("distinct_1", "distinct_2", "self_bleu", "near_duplicate_share", "embedding_spread", "length_mean",
-                "length_std"):
-        if key in mc:
-            out[f"diversity/{key}"] = mc[key]
-    heldout = guards.get("reward_hacking", {}).get("heldout") or {}
-    for key in ("proxy_pass_rate", "gold_pass_rate", "correlation"):
-        if key in heldout:
-            out[f"reward/{key}"] = heldout[key]
-    pf = guards.get("persistent_failures", {})
-    if "never_solved" in pf:
-        out["never_solved"] = pf["never_solved"]
-    if "alarms" in evaluation:
-        out["alarms"] = evaluation["alarms"]
-    if "decision" in evaluation:
-        out["decision"] = evaluation["decision"]["action"]
-        out["best_iteration"] = evaluation["decision"]["best_iteration"]
-    return out

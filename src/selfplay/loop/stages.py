@@ -1,90 +1,54 @@
-"""The five stages of an iteration. Each reads the previous stage's file and writes its own.
+"""The stages of an iteration, as plain functions: each reads the previous stage's file, writes its own
+data files, and returns its summary. `loop.runner.run_stage` owns the rest (skip when done, timing, the
+state file and the atomic summary write), so a stage here never checks whether it already ran.
 
-A stage is finished when its summary `<stage>.json` exists: its data file is renamed into place first
-and the summary last, both atomically. Generation, the long stage, appends each batch of finished
-problems to `samples.partial.jsonl`, so a killed run resumes with the problems it had not finished.
+Generation and verification, the long stages, append each finished batch to a `.partial.jsonl` file, so
+a killed run resumes with the problems (or samples) it had not finished.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from selfplay.config import EvalConfig, FilterConfig, TrainConfig
-from selfplay.errors import UserError
-from selfplay.files import (
-    JsonlAppender,
-    atomic_write_json,
-    atomic_write_jsonl,
-    read_json,
-    read_jsonl,
-    recover_partial_jsonl,
-)
-from selfplay.filters import keep_verified
-from selfplay.generation import GENERATORS, Generator, SamplingParams
+from selfplay.files import JsonlAppender, atomic_write_jsonl, recover_partial_jsonl
+from selfplay.generation import SamplingParams, sample_batches
 from selfplay.guards.contamination import ContaminationIndex, split_contaminated
-from selfplay.guards.heldout import greedy_metrics, sampled_metrics
-from selfplay.models import Placement, load_model, load_tokenizer
-from selfplay.plugins import resolve
-from selfplay.records import Example, Problem, Sample, Verdict, from_dict, to_dict
-from selfplay.training import train_sft
-from selfplay.verifiers import Verifier
+from selfplay.interfaces import Generator, Trainer
+from selfplay.loop.rundir import load_records
+from selfplay.records import TRAIN_FILES, Problem, Sample, TrainRecord, Verdict, to_dict
+from selfplay.verifiers import Verifier, verify_all
+
+# What a selection step (keep-verified, pair building) returns: training records and figures about them.
+Select = Callable[[Sequence[Problem], Sequence[Sample], Sequence[Verdict]], tuple[list[TrainRecord], dict[str, Any]]]
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_records(path: Path, cls: type) -> list:
-    records = []
-    for i, row in enumerate(read_jsonl(path), start=1):
-        try:
-            records.append(from_dict(cls, row))
-        except TypeError as e:
-            raise UserError(f"{path}: record {i}: not a {cls.__name__} ({e})") from None
-    return records
-
-
-class ModelPool:
-    """Keeps the one model in use loaded across stages, so generate and evaluate share a load."""
-
-    def __init__(self, where: Placement, backend: str, batch_size: int):
-        self.where = where
-        self.backend = resolve(backend, GENERATORS, "generate.backend")
-        self.batch_size = batch_size
-        self._path: Path | None = None
-        self._generator: Generator | None = None
-
-    def generator(self, path: Path) -> Generator:
-        if self._path != path:
-            self.release()
-            model = load_model(path, self.where)
-            self._generator = self.backend(model, load_tokenizer(path), str(path), self.batch_size)
-            self._path = path
-        assert self._generator is not None
-        return self._generator
-
-    def release(self) -> None:
-        self._generator, self._path = None, None
-        gc.collect()
+def _recover(partial: Path, what: str) -> tuple[list[dict[str, Any]], bool]:
+    rows, torn = recover_partial_jsonl(partial)
+    if torn:
+        _log(f"{partial}: cut off a torn last line (the process died while writing it); {what}")
+    return rows, torn
 
 
 def generate(
-    it_dir: Path, problems: Sequence[Problem], pool: ModelPool, model_path: Path, params: SamplingParams
+    it_dir: Path, problems: Sequence[Problem], generator: Callable[[], Generator], model_path: Path,
+    params: SamplingParams, batch_size: int,
 ) -> dict[str, Any]:
-    """Sample `params.n` completions per problem into samples.jsonl, resuming after a crash."""
-    summary_path = it_dir / "generate.json"
-    if summary_path.is_file():
-        return read_json(summary_path)
+    """Sample `params.n` completions per problem into samples.jsonl, resuming after a crash.
+
+    `generator` is called only when there is something left to sample, so a resume that finds every
+    problem on disk loads no model.
+    """
     partial = it_dir / "samples.partial.jsonl"
-    rows, torn = recover_partial_jsonl(partial)
-    if torn:
-        _log(f"{partial}: cut off a torn last line (the process died while writing it); regenerating it")
+    rows, torn = _recover(partial, "regenerating it")
     # Keep only problems whose k samples all made it to disk; the rest are sampled again.
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -100,16 +64,15 @@ def generate(
     start = time.perf_counter()
     tokens = 0
     if remaining:
-        gen = pool.generator(model_path)
-        seeded = SamplingParams(**{**asdict(params), "seed": params.seed + len(complete)})
+        seeded = replace(params, seed=params.seed + len(complete))
         with JsonlAppender(partial) as out:
-            for batch in gen.generate(remaining, seeded, desc=f"{it_dir.name} generate"):
+            for batch in sample_batches(generator(), remaining, seeded, batch_size, desc=f"{it_dir.name} generate"):
                 out.write_many(to_dict(s) for s in batch)
                 tokens += sum(s.num_tokens for s in batch)
     seconds = time.perf_counter() - start
-    samples_path = it_dir / "samples.jsonl"
-    partial.replace(samples_path)
-    summary = {
+    partial.touch()
+    partial.replace(it_dir / "samples.jsonl")
+    return {
         "samples": len(problems) * params.n,
         "problems": len(problems),
         "resumed_problems": len(complete),
@@ -119,143 +82,84 @@ def generate(
         "model": str(model_path),
         "params": asdict(params),
     }
-    atomic_write_json(summary_path, summary)
-    return summary
 
 
-def verify(it_dir: Path, problems: Sequence[Problem], verifier: Verifier) -> dict[str, Any]:
-    summary_path = it_dir / "verify.json"
-    if summary_path.is_file():
-        return read_json(summary_path)
+def verify(it_dir: Path, problems: Sequence[Problem], verifier: Verifier, batch_size: int) -> dict[str, Any]:
+    """Judge every sample into verdicts.jsonl, `batch_size` at a time; a resume skips samples already judged."""
     start = time.perf_counter()
     by_id = {p.id: p for p in problems}
     samples = load_records(it_dir / "samples.jsonl", Sample)
-    verdicts = [verifier.verify(by_id[s.problem_id], s) for s in samples]
+    partial = it_dir / "verdicts.partial.jsonl"
+    rows, torn = _recover(partial, "judging it again")
+    if torn:
+        atomic_write_jsonl(partial, rows)  # the torn line goes before anything is appended after it
+    done = {row["sample_id"] for row in rows}
+    if done:
+        _log(f"{it_dir.name}/verify: resuming; {len(done)} of {len(samples)} samples already judged")
+    todo = [s for s in samples if s.id not in done]
+    with JsonlAppender(partial) as out:
+        for b in range(0, len(todo), batch_size):
+            chunk = todo[b : b + batch_size]
+            out.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
+    # Verdicts in sample order, whatever order the batches finished in.
+    order = {s.id: n for n, s in enumerate(samples)}
+    verdicts = sorted(load_records(partial, Verdict), key=lambda v: order[v.sample_id])
     atomic_write_jsonl(it_dir / "verdicts.jsonl", (to_dict(v) for v in verdicts))
-    summary = {
+    partial.unlink()
+    return {
         "verifier": verifier.name,
         "samples": len(verdicts),
         "passed": sum(v.passed for v in verdicts),
         "answered": sum(v.answer is not None for v in verdicts),
+        "resumed_samples": len(done),
         "seconds": time.perf_counter() - start,
     }
-    atomic_write_json(summary_path, summary)
-    return summary
 
 
 def filter_(
-    it_dir: Path, problems: Sequence[Problem], iteration: int, cfg: FilterConfig,
-    index: ContaminationIndex | None = None,
+    it_dir: Path, problems: Sequence[Problem], select: Select, record_type: type, index: ContaminationIndex | None,
 ) -> dict[str, Any]:
-    """Keep verified samples as training examples; drop any that overlap an evaluation prompt."""
-    summary_path = it_dir / "filter.json"
-    if summary_path.is_file():
-        return read_json(summary_path)
+    """Turn verdicts into training records with `select`; drop any that overlap an evaluation prompt.
+
+    The records go to train.jsonl (Examples) or pairs.jsonl (Pairs); dropped overlaps to contaminated.jsonl.
+    """
     start = time.perf_counter()
     samples = load_records(it_dir / "samples.jsonl", Sample)
     verdicts = load_records(it_dir / "verdicts.jsonl", Verdict)
-    examples, stats = keep_verified(
-        problems, samples, verdicts, iteration=iteration, max_per_problem=cfg.max_per_problem, dedupe=cfg.dedupe,
-        drop_truncated=cfg.drop_truncated,
-    )
+    records, stats = select(problems, samples, verdicts)
     dropped: list[dict[str, str]] = []
     if index is not None:
-        questions = {p.id: str(p.meta.get("question", p.prompt)) for p in problems}
-        examples, dropped = split_contaminated(examples, questions, index)
+        records, dropped = split_contaminated(records, {p.id: p.question for p in problems}, index)
         if dropped:
-            _log(f"{it_dir.name}/filter: dropped {len(dropped)} example(s) that overlap evaluation prompts "
+            _log(f"{it_dir.name}/filter: dropped {len(dropped)} record(s) that overlap evaluation prompts "
                  f"(listed in contaminated.jsonl)")
     atomic_write_jsonl(it_dir / "contaminated.jsonl", dropped)
-    atomic_write_jsonl(it_dir / "train.jsonl", (to_dict(e) for e in examples))
-    summary = {
-        **asdict(stats), "kept": len(examples), "contaminated": len(dropped),
+    atomic_write_jsonl(it_dir / TRAIN_FILES[record_type], (to_dict(r) for r in records))
+    return {
+        **stats, "kept": len(records), "contaminated": len(dropped),
         "contamination_n": index.n if index is not None else None, "seconds": time.perf_counter() - start,
     }
-    atomic_write_json(summary_path, summary)
-    return summary
 
 
 def train(
-    it_dir: Path, init_path: Path, fallback_path: Path, cfg: TrainConfig, where: Placement, seed: int, pool: ModelPool,
-    removed: Sequence[str] = (),
+    it_dir: Path, trainer: Trainer, init_path: Path, fallback_path: Path, cfg: Any, where: Any, seed: int,
+    free_memory: Callable[[], None], removed: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Fine-tune `init_path` on train.jsonl into it_dir/model; with no examples the model stays `fallback_path`.
+    """Fine-tune `init_path` on this iteration's records into it_dir/model; with none the model stays `fallback_path`.
 
-    `removed` lists example ids a reviewer rejected; they are left out.
+    `removed` lists record ids a reviewer rejected; they are left out.
     """
-    summary_path = it_dir / "train.json"
-    if summary_path.is_file():
-        return read_json(summary_path)
-    examples = load_records(it_dir / "train.jsonl", Example)
+    records = load_records(it_dir / TRAIN_FILES[trainer.record_type], trainer.record_type)
     if removed:
         left_out = set(removed)
-        examples = [e for e in examples if e.id not in left_out]
-    if not examples:
-        _log(f"{it_dir.name}/train: no examples to train on; the model is unchanged this iteration")
+        records = [r for r in records if r.id not in left_out]
+    if not records:
+        _log(f"{it_dir.name}/train: nothing to train on; the model is unchanged this iteration")
         summary = {"skipped": True, "model": str(fallback_path), "examples": 0, "seconds": 0.0}
     else:
-        pool.release()  # free the sampling copy before training loads its own
-        _log(f"{it_dir.name}/train: {len(examples)} examples, starting from {init_path}")
-        stats = train_sft(init_path, examples, it_dir / "model", it_dir / "trainer", cfg, where, seed)
-        summary = {"skipped": False, "model": "model", "init_from": str(init_path), "examples": len(examples), **stats}
+        free_memory()  # free the sampling copy before training loads its own
+        _log(f"{it_dir.name}/train: {len(records)} examples, starting from {init_path}")
+        stats = trainer.train(init_path, records, it_dir / "model", it_dir / "trainer", cfg, where, seed)
+        summary = {"skipped": False, "model": "model", "init_from": str(init_path), "examples": len(records), **stats}
     summary["removed_by_review"] = len(removed)
-    atomic_write_json(summary_path, summary)
-    return summary
-
-
-def trained_model_path(it_dir: Path) -> Path:
-    summary = read_json(it_dir / "train.json")
-    path = Path(summary["model"])
-    return path if path.is_absolute() else it_dir / path
-
-
-@dataclass
-class Measured:
-    """What one evaluation set produced: metrics, and the completions with their verdicts."""
-
-    metrics: dict[str, Any]
-    greedy: list[Sample]
-    greedy_verdicts: list[Verdict]
-    sampled: list[Sample]
-    sampled_verdicts: list[Verdict]
-
-
-def measure(
-    gen: Generator, problems: Sequence[Problem], verifier: Verifier, cfg: EvalConfig, seed: int, desc: str,
-    sampled: bool = True,
-) -> Measured:
-    """Greedy accuracy, and pass@k when `sampled` and cfg.samples > 0, of one model on one problem set."""
-    by_id = {p.id: p for p in problems}
-    greedy_params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    greedy = [s for b in gen.generate(problems, greedy_params, desc=f"{desc} greedy") for s in b]
-    greedy_verdicts = [verifier.verify(by_id[s.problem_id], s) for s in greedy]
-    metrics = greedy_metrics(greedy, greedy_verdicts)
-    samples: list[Sample] = []
-    verdicts: list[Verdict] = []
-    if sampled and cfg.samples:
-        params = SamplingParams(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed)
-        samples = [s for b in gen.generate(problems, params, desc=f"{desc} pass@k") for s in b]
-        verdicts = [verifier.verify(by_id[s.problem_id], s) for s in samples]
-        metrics.update(sampled_metrics(verdicts, cfg.pass_k))
-    return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
-
-
-def write_verdicts(path: Path, samples: Sequence[Sample], verdicts: Sequence[Verdict]) -> None:
-    atomic_write_jsonl(path, ({**to_dict(s), "verdict": to_dict(v)} for s, v in zip(samples, verdicts, strict=True)))
-
-
-def evaluate(
-    it_dir: Path, problems: Sequence[Problem], pool: ModelPool, model_path: Path, verifier: Verifier,
-    cfg: EvalConfig, seed: int,
-) -> dict[str, Any]:
-    """Greedy accuracy and pass@k of `model_path` on the held-out problems, into eval.json."""
-    summary_path = it_dir / "eval.json"
-    if summary_path.is_file():
-        return read_json(summary_path)
-    it_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    m = measure(pool.generator(model_path), problems, verifier, cfg, seed, it_dir.name)
-    write_verdicts(it_dir / "eval_samples.jsonl", m.greedy, m.greedy_verdicts)
-    summary = {"model": str(model_path), "metrics": m.metrics, "seconds": time.perf_counter() - start}
-    atomic_write_json(summary_path, summary)
     return summary

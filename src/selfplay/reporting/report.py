@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfplay.errors import UserError
-from selfplay.files import atomic_write_text, read_json, read_jsonl
-from selfplay.loop.rundir import RunDir
+from selfplay.files import atomic_write_text, read_jsonl
+from selfplay.loop.rundir import STAGES, RunDir
 from selfplay.reporting.tensorboard import write_tensorboard
+from selfplay.results import GUARDS, Evaluation
 
-GUARDS = ("degradation", "reward_hacking", "mode_collapse", "contamination", "persistent_failures")
-STAGES = ("generate", "verify", "filter", "review", "train", "eval")
 LINEAGE_ROWS = 25
 
 
@@ -71,7 +69,7 @@ def _line(ax, rows, key, label, band_key=None, **kw) -> None:
                         color=line.get_color(), alpha=0.15)
 
 
-def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict[str, Any]]) -> list[str]:
+def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, Evaluation]) -> list[str]:
     out = []
     sets = sorted({k.removesuffix("/accuracy") for r in rows for k in r if k.endswith("/accuracy")})
 
@@ -128,12 +126,12 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
 
         out.append(_figure(reward))
 
-    categories = sorted({c for e in evals.values() for c in e.get("categories", {}).get("heldout", {})})
+    categories = sorted({c for e in evals.values() for c in e.categories.get("heldout", {})})
     if len(categories) > 1:
         def per_category(ax):
             for c in categories:
-                pts = [(i, e["categories"]["heldout"][c]["accuracy"]) for i, e in sorted(evals.items())
-                       if c in e.get("categories", {}).get("heldout", {})]
+                pts = [(i, e.categories["heldout"][c]["accuracy"]) for i, e in sorted(evals.items())
+                       if c in e.categories.get("heldout", {})]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
             ax.set_ylim(0, 1)
             return "Held-out greedy accuracy per category"
@@ -155,29 +153,31 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, dict
     return out
 
 
-def _guard_table(evals: dict[int, dict[str, Any]]) -> str:
+def _guard_table(evals: dict[int, Evaluation]) -> str:
     head = "".join(f"<th>{g.replace('_', ' ')}</th>" for g in GUARDS)
     body = []
     for i, e in sorted(evals.items()):
         cells = []
         for g in GUARDS:
-            guard = e.get("guards", {}).get(g)
-            status = guard["status"] if guard else "–"
-            detail = "; ".join(guard.get("alarms", []) + guard.get("notes", [])) if guard else ""
+            guard = e.guard(g)
+            status = guard.status if guard else "–"
+            detail = "; ".join(guard.alarms + guard.notes) if guard else ""
             cells.append(f'<td class="{_esc(status).replace("/", "")}" title="{_esc(detail)}">{_esc(status)}</td>')
-        decision = e.get("decision", {})
-        body.append(f"<tr><td>{i}</td>{''.join(cells)}<td>{_esc(decision.get('action', '–'))}</td></tr>")
+        action = e.decision.action if e.decision else "–"
+        body.append(f"<tr><td>{i}</td>{''.join(cells)}<td>{_esc(action)}</td></tr>")
     return (f"<table><tr><th>iter</th>{head}<th>decision</th></tr>{''.join(body)}</table>")
 
 
-def _messages(evals: dict[int, dict[str, Any]]) -> str:
+def _messages(evals: dict[int, Evaluation]) -> str:
     """Alarms and notes, each message once with the iterations it appeared in."""
     seen: dict[tuple[str, str, str], list[int]] = {}
     for i, e in sorted(evals.items()):
         for g in GUARDS:
-            guard = e.get("guards", {}).get(g, {})
-            for kind in ("alarms", "notes"):
-                for text in guard.get(kind, []):
+            guard = e.guard(g)
+            if guard is None:
+                continue
+            for kind, texts in (("alarms", guard.alarms), ("notes", guard.notes)):
+                for text in texts:
                     seen.setdefault((kind, g, text), []).append(i)
     items = []
     for (kind, g, text), iters in seen.items():
@@ -213,9 +213,9 @@ def _short_model(model: str, run_path: Path) -> str:
         return model
 
 
-def _lineage(rundir: RunDir, evals: dict[int, dict[str, Any]]) -> str:
-    """Training examples traced back: problem -> sample -> verdict -> iteration and model."""
-    trained = [i for i in sorted(evals) if i > 0 and (rundir.iter_dir(i) / "train.jsonl").is_file()]
+def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
+    """Training records traced back: problem -> sample -> verdict -> iteration and model."""
+    trained = [i for i in sorted(evals) if i > 0 and rundir.train_records(i) is not None]
     if not trained:
         return "<p>No training data yet.</p>"
     i = trained[-1]
@@ -224,21 +224,24 @@ def _lineage(rundir: RunDir, evals: dict[int, dict[str, Any]]) -> str:
     problems = {p["id"]: p for p in read_jsonl(train_path)} if train_path.is_file() else {}
     samples = {s["id"]: s for s in read_jsonl(it_dir / "samples.jsonl")}
     verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
-    examples = read_jsonl(it_dir / "train.jsonl")
+    records = rundir.train_records(i) or []
     rows = []
-    for ex in examples[:LINEAGE_ROWS]:
-        p = problems.get(ex["problem_id"], {})
-        s = samples.get(ex["sample_id"], {})
-        v = verdicts.get(ex["sample_id"], {})
+    for rec in records[:LINEAGE_ROWS]:
+        p = problems.get(rec.problem_id, {})
         question = (p.get("meta") or {}).get("question", p.get("prompt", ""))
-        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in (
-            ex["problem_id"], question, p.get("reference", ""), ex["sample_id"], v.get("answer"), v.get("score"),
-            v.get("verifier"), ex["iteration"], _short_model(str(s.get("model", "")), rundir.path),
-        )) + f"<td><pre>{_esc(ex['completion'])}</pre></td></tr>")
+        # An Example traces one sample; a Pair two (chosen, then rejected), one row each.
+        for sid, text in zip(rec.sample_ids, rec.texts, strict=True):
+            s, v = samples.get(sid, {}), verdicts.get(sid, {})
+            rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in (
+                rec.problem_id, question, p.get("reference", ""), sid, v.get("answer"), v.get("score"),
+                v.get("verifier"), rec.iteration, _short_model(str(s.get("model", "")), rundir.path),
+            )) + f"<td><pre>{_esc(text)}</pre></td></tr>")
     head = ("problem", "question", "reference", "sample", "answer", "score", "verifier", "iteration", "sampled by",
             "completion (trained on)")
-    return (f"<p>Iteration {i}: the first {len(rows)} of {len(examples)} training examples "
-            f"(<code>{_esc(it_dir / 'train.jsonl')}</code>).</p><table><tr>"
+    name = next(f for f in ("train.jsonl", "pairs.jsonl") if (it_dir / f).is_file())
+    shown = min(len(records), LINEAGE_ROWS)
+    return (f"<p>Iteration {i}: the first {shown} of {len(records)} training records "
+            f"(<code>{_esc(it_dir / name)}</code>).</p><table><tr>"
             + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
 
 
@@ -252,21 +255,17 @@ td.note{background:#fff1c9}td.na{color:#888}li.alarm{color:#a00;font-weight:bold
 
 
 def render(run_path: Path) -> str:
-    rundir = RunDir(run_path)
+    rundir = RunDir(run_path).require()
     cfg = rundir.frozen_config()
-    if cfg is None:
-        raise UserError(f"{run_path}: not a run folder (no config.yaml)")
     rows = rundir.collect_metrics()  # read only: a running process may own the run
-    evals = {int(d.name.split("-")[1]): read_json(d / "eval.json")
-             for d in sorted(rundir.path.glob("iter-[0-9][0-9][0-9]")) if (d / "eval.json").is_file()}
+    evals = rundir.evaluations()
     state = rundir.read_state()
     pass_k = f"pass@{cfg.eval.pass_k}" if cfg.eval.samples else None
-    task = cfg.task.dataset if cfg.task.source == "reasoning_gym" else cfg.task.path
     best = state.get("best_iteration")
     summary = [
         f"<b>status</b>: {_esc(state.get('status', 'not started'))}",
         f"<b>recipe</b>: {_esc(cfg.recipe)}", f"<b>model</b>: {_esc(cfg.model.path)}",
-        f"<b>task</b>: {_esc(cfg.task.source)}:{_esc(task)} ({cfg.task.train_size} train / "
+        f"<b>task</b>: {_esc(cfg.task.label)} ({cfg.task.train_size} train / "
         f"{cfg.task.eval_size} held-out)",
         f"<b>iterations evaluated</b>: {len(rows)} (cap {cfg.iterations})",
     ]

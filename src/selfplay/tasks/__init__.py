@@ -1,41 +1,46 @@
-"""Where problems come from. `build_task` picks a built-in from TASKS by the config's `task.source`."""
+"""Where problems come from. A config names a built-in task from TASKS, or a user's factory 'module:attr'.
+
+A task factory is called as `factory(section, train_size, eval_size)` with the config section that names
+it (`task`, or one entry of `guards.control`) and returns a Task (selfplay.interfaces): a `name`, a
+`default_verifier`, and `split()` into train / held-out problems, each rendered the task's own way.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from selfplay.config import ControlTaskConfig, TaskConfig
+from selfplay.config import ControlTaskConfig, TaskConfig, TaskSource
+from selfplay.interfaces import FreshTask, Task
+from selfplay.plugins import resolve
 from selfplay.records import Problem
-from selfplay.tasks.base import ANSWER_INSTRUCTION, Split, Task, exemplar_item, render_prompt
+from selfplay.tasks.base import ANSWER_INSTRUCTION, RawItem, Split, exemplar_item, render_prompt, split_items
 from selfplay.tasks.jsonl import JsonlTask
 from selfplay.tasks.reasoning_gym import ReasoningGymTask
 
 __all__ = [
-    "ANSWER_INSTRUCTION", "Split", "Task", "TASKS", "build_control", "build_task", "control_task", "fresh_problems",
-    "render_prompt",
+    "ANSWER_INSTRUCTION", "RawItem", "Split", "Task", "TASKS", "build_control", "build_task", "control_task",
+    "exemplar_item", "fresh_problems", "render_prompt", "split_items",
 ]
 
 
-def _reasoning_gym(cfg: TaskConfig) -> Task:
-    return ReasoningGymTask(cfg.dataset, dict(cfg.params), cfg.train_size, cfg.eval_size, cfg.seed, cfg.one_shot)
+def _reasoning_gym(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    return ReasoningGymTask(cfg.dataset, dict(cfg.params), train_size, eval_size, cfg.seed, cfg.one_shot)
 
 
-def _jsonl(cfg: TaskConfig) -> Task:
-    return JsonlTask(cfg.path or "", cfg.train_size, cfg.eval_size, cfg.seed, cfg.one_shot)
+def _jsonl(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    return JsonlTask(cfg.path or "", train_size, eval_size, cfg.seed, cfg.one_shot)
 
 
 TASKS = {"reasoning_gym": _reasoning_gym, "jsonl": _jsonl}
 
 
 def build_task(cfg: TaskConfig) -> Task:
-    return TASKS[cfg.source](cfg)
+    return resolve(cfg.source, TASKS, "task.source")(cfg, cfg.train_size, cfg.eval_size)
 
 
 def control_task(cfg: ControlTaskConfig) -> Task:
     """A control task: every problem is an evaluation problem, none is trained on."""
-    if cfg.source == "jsonl":
-        return JsonlTask(cfg.path or "", 0, cfg.size, cfg.seed, cfg.one_shot)
-    return ReasoningGymTask(cfg.dataset, dict(cfg.params), 0, cfg.size, cfg.seed, cfg.one_shot)
+    return resolve(cfg.source, TASKS, f"guards.control[{cfg.name}].source")(cfg, 0, cfg.size)
 
 
 def build_control(cfg: ControlTaskConfig) -> list[Problem]:
@@ -44,11 +49,10 @@ def build_control(cfg: ControlTaskConfig) -> list[Problem]:
 
 
 def fresh_problems(
-    cfg: TaskConfig, size: int, seed: int, exclude: set[str], exemplar: Problem | None
+    task: Task, size: int, seed: int, exclude: set[str], exemplar: Problem | None
 ) -> tuple[list[Problem], str | None]:
     """New problem variants from another seed, none in `exclude`; a note instead when the task cannot."""
-    if cfg.source != "reasoning_gym":
-        return [], "the task is a fixed file: no fresh variants (reasoning-gym tasks only)"
-    task = ReasoningGymTask(cfg.dataset, dict(cfg.params), cfg.train_size, cfg.eval_size, seed, cfg.one_shot)
-    found = task.fresh(size, seed, exclude, exemplar_item(exemplar) if exemplar is not None else None)
+    if not isinstance(task, FreshTask):
+        return [], f"{task.name} cannot draw new problems (it has no `fresh` method: a fixed file cannot)"
+    found = task.fresh(size, seed, exclude, exemplar)
     return found, None if found else "every generated problem was already in the train or held-out split"

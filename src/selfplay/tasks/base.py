@@ -1,6 +1,8 @@
-"""What a task is, how its problems are rendered as prompts, and the deterministic train / held-out split.
+"""Helpers for tasks: how an answer task renders its prompts, and the deterministic train / held-out split.
 
-A task turns a pool of raw (question, answer) items into Problems. The split is a pure function of the
+The Task protocol itself lives in selfplay.interfaces. A task turns a pool of raw (question, answer)
+items into Problems and owns its rendering: an answer task asks for an `Answer:` line (ANSWER_INSTRUCTION),
+a code or open-ended task passes `instruction=None`. The split is a pure function of the
 seed and the question text: the pool is de-duplicated by question, ordered by a keyed hash, and cut
 into one format exemplar, the held-out set and the training set, so no question can sit on both sides.
 """
@@ -9,21 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from selfplay.errors import UserError
 from selfplay.records import Problem
 
 ANSWER_INSTRUCTION = "Give your final answer on the last line as: Answer: <answer>"
-
-
-class Task(Protocol):
-    """Anything that yields a train split and a held-out split of Problems, and names its default checker."""
-
-    name: str
-    default_verifier: str
-
-    def split(self) -> Split: ...
 
 
 @dataclass(frozen=True)
@@ -45,19 +38,21 @@ def problem_id(prefix: str, question: str) -> str:
     return f"{prefix}-{hashlib.sha256(question.encode()).hexdigest()[:12]}"
 
 
-def render_prompt(question: str, exemplar: RawItem | None) -> str:
-    """The user message: an optional worked example, the question, and the answer format."""
+def render_prompt(question: str, exemplar: RawItem | None, instruction: str | None = ANSWER_INSTRUCTION) -> str:
+    """The user message: an optional worked example, the question, and the task's instruction if it has one."""
     parts = []
     if exemplar is not None:
         steps = f"{exemplar.solution}\n" if exemplar.solution else ""
         parts.append(f"Example:\n{exemplar.question}\n{steps}Answer: {exemplar.answer}\n")
     parts.append(question)
-    parts.append(ANSWER_INSTRUCTION)
+    if instruction:
+        parts.append(instruction)
     return "\n".join(parts)
 
 
 def split_items(
-    items: list[RawItem], *, prefix: str, train_size: int, eval_size: int, seed: int, one_shot: bool, source: str
+    items: list[RawItem], *, prefix: str, train_size: int, eval_size: int, seed: int, one_shot: bool, source: str,
+    instruction: str | None = ANSWER_INSTRUCTION,
 ) -> Split:
     """De-duplicate by question, order by a seeded hash, and cut into exemplar / held-out / train."""
     unique: dict[str, RawItem] = {}
@@ -75,18 +70,20 @@ def split_items(
 
     ordered = [unique[q] for q in sorted(unique, key=key)]
     exemplar = ordered.pop(0) if one_shot else None
-    heldout = [to_problem(prefix, i, exemplar) for i in ordered[:eval_size]]
-    train = [to_problem(prefix, i, exemplar) for i in ordered[eval_size : eval_size + train_size]]
-    return Split(train=train, heldout=heldout, exemplar=to_problem(prefix, exemplar, None) if exemplar else None)
+    heldout = [to_problem(prefix, i, exemplar, instruction) for i in ordered[:eval_size]]
+    train = [to_problem(prefix, i, exemplar, instruction) for i in ordered[eval_size : eval_size + train_size]]
+    first = to_problem(prefix, exemplar, None, instruction) if exemplar else None
+    return Split(train=train, heldout=heldout, exemplar=first)
 
 
-def to_problem(prefix: str, item: RawItem, exemplar: RawItem | None) -> Problem:
+def to_problem(prefix: str, item: RawItem, exemplar: RawItem | None, instruction: str | None = ANSWER_INSTRUCTION
+               ) -> Problem:
     meta = {"question": item.question, **item.meta}
     if item.solution is not None:
         meta["solution"] = item.solution
     return Problem(
         id=problem_id(prefix, item.question),
-        prompt=render_prompt(item.question, exemplar),
+        prompt=render_prompt(item.question, exemplar, instruction),
         reference=item.answer,
         meta=meta,
     )

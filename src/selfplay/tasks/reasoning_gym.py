@@ -9,7 +9,7 @@ from typing import Any
 
 from selfplay.errors import UserError
 from selfplay.records import Problem
-from selfplay.tasks.base import RawItem, Split, split_items, to_problem
+from selfplay.tasks.base import RawItem, Split, exemplar_item, split_items, to_problem
 
 
 def _category(dataset: str, metadata: dict[str, Any]) -> str | None:
@@ -73,8 +73,9 @@ class ReasoningGymTask:
             size *= 4
         return items
 
-    def fresh(self, size: int, seed: int, exclude: set[str], exemplar: RawItem | None) -> list[Problem]:
+    def fresh(self, size: int, seed: int, exclude: set[str], exemplar: Problem | None) -> list[Problem]:
         """Up to `size` new problems from another seed, none of whose questions is in `exclude`."""
+        shown = exemplar_item(exemplar) if exemplar is not None else None
         generator = ReasoningGymTask(self.dataset, self.params, self.train_size, self.eval_size, seed, self.one_shot)
         # One generous draw: small problem spaces repeat questions, and most of them may be excluded.
         items = generator._generate(4 * (size + len(exclude)))
@@ -83,7 +84,7 @@ class ReasoningGymTask:
             q = item.question.strip()
             if q in exclude or q in out:
                 continue
-            out[q] = to_problem(f"{self.dataset}-fresh", item, exemplar)
+            out[q] = to_problem(f"{self.dataset}-fresh", item, shown)
             if len(out) == size:
                 break
         return list(out.values())

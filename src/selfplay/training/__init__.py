@@ -1,5 +1,5 @@
-"""Training: SFT now; DPO/SPIN and reward models plug in beside it."""
+"""Training: trainers over trl + peft. A recipe hands the train stage the Trainer it needs (SFT now; DPO next)."""
 
-from selfplay.training.sft import train_sft
+from selfplay.training.sft import SFT, train_sft
 
-__all__ = ["train_sft"]
+__all__ = ["SFT", "train_sft"]

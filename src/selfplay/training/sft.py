@@ -51,7 +51,7 @@ def train_sft(
     data = Dataset.from_list(
         [
             {
-                "prompt": [{"role": "user", "content": e.prompt}],
+                "prompt": e.messages or [{"role": "user", "content": e.prompt}],
                 "completion": [{"role": "assistant", "content": e.completion}],
             }
             for e in examples
@@ -133,3 +133,15 @@ def train_sft(
         "seconds": seconds,
         "tokens_per_second": tokens_per_epoch * cfg.epochs / seconds if seconds > 0 else None,
     }
+
+
+class SFT:
+    """The supervised trainer (a Trainer, selfplay.interfaces): Examples in, a merged checkpoint out."""
+
+    record_type = Example
+
+    def train(
+        self, init_path: Path, records: Sequence[Example], out_dir: Path, work_dir: Path, cfg: TrainConfig,
+        where: Placement, seed: int,
+    ) -> dict[str, Any]:
+        return train_sft(init_path, records, out_dir, work_dir, cfg, where, seed)

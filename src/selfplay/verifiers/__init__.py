@@ -1,33 +1,50 @@
-"""Verifiers score samples. A Verifier is anything with `verify(problem, sample) -> Verdict` and a `name`."""
+"""Verifiers score samples. A Verifier is anything with `verify(problem, sample) -> Verdict` and a `name`.
+
+A config names a built-in from VERIFIERS or a user's factory as 'module:attr'. A user factory is called
+as `factory(options, run)`: `options` is `verify.options`, and `run.generator(which)` hands it a
+generator for 'current' (the model this iteration samples from), 'base', or a model folder, for a judge.
+A verifier may also define `verify_many(items)` to judge a batch at once.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any
 
-from selfplay.plugins import resolve
+from selfplay.interfaces import BatchVerifier, GeneratorSource, Verifier
+from selfplay.plugins import check_call, resolve
 from selfplay.records import Problem, Sample, Verdict
 from selfplay.verifiers.answer import extract_answer
 from selfplay.verifiers.contains import ContainsVerifier
 from selfplay.verifiers.math import MathVerifier
 from selfplay.verifiers.reasoning_gym import ReasoningGymVerifier
 
-__all__ = ["VERIFIERS", "Verifier", "build_verifier", "extract_answer"]
+__all__ = ["VERIFIERS", "Verifier", "build_verifier", "extract_answer", "verify_all"]
 
-
-class Verifier(Protocol):
-    name: str
-
-    def verify(self, problem: Problem, sample: Sample) -> Verdict: ...
-
-
+# Built-ins take their options as keyword arguments, plus the answer-format setting.
 VERIFIERS = {"reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier}
 
 
-def build_verifier(name: str, task_default: str, strict_format: bool = False) -> Verifier:
-    """'auto' means the task's own checker; otherwise a built-in name or a user's 'module:attr' factory.
-
-    A user's factory is called with no arguments; built-ins take the answer-format setting.
-    """
+def build_verifier(
+    name: str, task_default: str, *, strict_format: bool = False, options: dict[str, Any] | None = None,
+    run: GeneratorSource | None = None, field: str = "verify.verifier",
+) -> Verifier:
+    """'auto' means the task's own checker; otherwise a built-in name or a user's 'module:attr' factory."""
     chosen = task_default if name == "auto" else name
-    factory = resolve(chosen, VERIFIERS, "verify.verifier")
-    return factory(strict_format=strict_format) if chosen in VERIFIERS else factory()
+    factory = resolve(chosen, VERIFIERS, field)
+    options = dict(options or {})
+    if chosen in VERIFIERS:
+        kwargs = {"strict_format": strict_format, **options}
+        check_call(factory, field.rsplit(".", 1)[0] + ".options", **kwargs)
+        return factory(**kwargs)
+    return factory(options, run)
+
+
+def verify_all(verifier: Verifier, items: Sequence[tuple[Problem, Sample]]) -> list[Verdict]:
+    """Verdicts for `items` in order, batched when the verifier can judge a batch."""
+    if isinstance(verifier, BatchVerifier):
+        verdicts = verifier.verify_many(items)
+        if len(verdicts) != len(items):
+            raise RuntimeError(f"{verifier.name}: verify_many gave {len(verdicts)} verdicts for {len(items)} samples")
+        return verdicts
+    return [verifier.verify(p, s) for p, s in items]

@@ -1,0 +1,103 @@
+"""The Python API, and the one place where the loop is wired to the recipes and the report.
+
+    from selfplay import api, config
+    cfg = config.load_config("configs/rft-default.yaml", ["iterations=1"])
+    rows = api.run(cfg)              # the metrics table, one row per evaluated iteration
+    api.resume("runs/rft-default")   # continue a killed or finished run
+
+`loop` knows a recipe only as a callable and the report only as a hook; this module resolves `recipe:`
+(a built-in from RECIPES or a user's 'module:attr') and hands both in.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from selfplay import config as configlib
+from selfplay.interfaces import Recipe
+from selfplay.loop import driver
+from selfplay.loop.context import ModelPool
+from selfplay.loop.evaluation import measure, write_verdicts
+from selfplay.loop.rundir import RunDir
+from selfplay.models import placement, resolve_model_path
+from selfplay.plugins import resolve
+from selfplay.recipes import RECIPES
+from selfplay.reporting import write_report
+from selfplay.tasks import build_task
+from selfplay.verifiers import build_verifier
+
+
+def resolve_recipe(name: str) -> Recipe:
+    return resolve(name, RECIPES, "recipe")
+
+
+def refresh_report(run_path: Path) -> Path | None:
+    """Rewrite report.html (and TensorBoard scalars); a failure is reported, never fatal to the run."""
+    try:
+        return write_report(run_path)
+    except Exception as e:
+        print(f"report.html not updated ({type(e).__name__}: {e}); retry with: selfplay report {run_path}", flush=True)
+        return None
+
+
+def _finish(ctx: driver.RunContext, recipe: Recipe) -> list[dict[str, Any]]:
+    rows, _ = driver.execute(ctx, recipe, on_evaluated=refresh_report)
+    report = refresh_report(ctx.rundir.path)
+    if report is not None:
+        print(f"Report: {report}")
+    return rows
+
+
+def run(cfg: configlib.RunConfig, allow_change: bool = False) -> list[dict[str, Any]]:
+    """Start a run (or continue it when its folder holds the same config); return the metrics table."""
+    recipe = resolve_recipe(cfg.recipe)
+    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change), recipe)
+
+
+def resume(run_path: Path | str, overrides: list[str] = (), allow_change: bool = False) -> list[dict[str, Any]]:
+    """Continue a run from its last finished stage, under its frozen config (plus allowed overrides)."""
+    ctx = driver.reopen(Path(run_path), list(overrides), allow_change)
+    try:
+        recipe = resolve_recipe(ctx.cfg.recipe)
+    except BaseException:
+        ctx.rundir.unlock()
+        raise
+    return _finish(ctx, recipe)
+
+
+def evaluate_model(
+    cfg: configlib.RunConfig, model: str, out: Path | None = None, split_from: Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Held-out greedy accuracy and pass@k of `model` on the config's task, with samples written under `out`.
+
+    `split_from` names a run folder whose frozen held-out split is used; otherwise the task is split afresh.
+    """
+    model_path = resolve_model_path(model)
+    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="selfplay-eval-"))
+    rundir = RunDir(out)
+    rundir.create()
+    rundir.lock()
+    pool = None
+    try:
+        source = RunDir(split_from) if split_from else rundir
+        if source is rundir:
+            shutil.rmtree(rundir.problems_dir, ignore_errors=True)
+        task = build_task(cfg.task)
+        problems = driver.load_problems(source, task)
+        rundir.freeze_config(cfg)
+        driver.freeze_problems(rundir, problems)
+        pool = ModelPool(placement(cfg.model.device, cfg.model.dtype), cfg.generate.backend, cfg.generate.options)
+        verifier = build_verifier(cfg.verify.verifier, task.default_verifier, strict_format=cfg.verify.strict_format,
+                                  options=cfg.verify.options)
+        eval_dir = rundir.path / "eval"
+        eval_dir.mkdir(exist_ok=True)
+        m = measure(pool.generator(model_path), problems.heldout, verifier, cfg.eval, cfg.seed, "eval")
+        write_verdicts(eval_dir / "eval_samples.jsonl", m.greedy, m.greedy_verdicts)
+    finally:
+        if pool is not None:
+            pool.release()
+        rundir.unlock()
+    return m.metrics, eval_dir

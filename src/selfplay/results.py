@@ -1,0 +1,139 @@
+"""What an evaluation found, typed: the one home of eval.json's decision and guard results.
+
+The driver, the run folder's metrics, the report and the evaluation stage all read eval.json through
+`Evaluation`, so a field is named in one place. The file format is unchanged: `to_dict` writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfplay.files import read_json
+
+GUARDS = ("degradation", "reward_hacking", "mode_collapse", "contamination", "persistent_failures")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The stop rules' verdict after one evaluation."""
+
+    action: str  # continue | rollback | stop | finish
+    iteration: int
+    best_iteration: int
+    metric: str
+    best_value: float
+    degraded: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def goes_on(self) -> bool:
+        return self.action in ("continue", "rollback")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        return cls(**data)
+
+
+@dataclass
+class GuardResult:
+    """One guard's finding: a status (ok, alarm, note, caught, n/a), its messages, and its own figures."""
+
+    status: str
+    alarms: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.figures.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.figures, "status": self.status, "alarms": self.alarms, "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardResult:
+        figures = {k: v for k, v in data.items() if k not in ("status", "alarms", "notes")}
+        return cls(data["status"], list(data.get("alarms", [])), list(data.get("notes", [])), figures)
+
+
+@dataclass
+class Evaluation:
+    """One iteration's eval.json."""
+
+    iteration: int
+    model: str
+    metrics: dict[str, Any]
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    categories: dict[str, Any] = field(default_factory=dict)
+    guards: dict[str, GuardResult] = field(default_factory=dict)
+    alarms: list[str] = field(default_factory=list)
+    decision: Decision | None = None
+    seconds: float | None = None
+    guard_seconds: float | None = None
+
+    @classmethod
+    def load(cls, path: Path, iteration: int) -> Evaluation:
+        """Read eval.json; runs started before the guards existed have only model and metrics."""
+        data = read_json(path)
+        decision = data.get("decision")
+        return cls(
+            iteration=iteration, model=data["model"], metrics=data["metrics"], sets=data.get("sets", {}),
+            categories=data.get("categories", {}),
+            guards={k: GuardResult.from_dict(v) for k, v in data.get("guards", {}).items()},
+            alarms=data.get("alarms", []), decision=Decision.from_dict(decision) if decision else None,
+            seconds=data.get("seconds"), guard_seconds=data.get("guard_seconds"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        guards = {k: g.to_dict() for k, g in self.guards.items()}
+        out: dict[str, Any] = {"model": self.model, "metrics": self.metrics, "sets": self.sets,
+                               "categories": self.categories, "guards": guards, "alarms": self.alarms}
+        if self.decision is not None:
+            out["decision"] = self.decision.to_dict()
+        out.update(seconds=self.seconds, guard_seconds=self.guard_seconds, iteration=self.iteration)
+        return out
+
+    def guard(self, name: str) -> GuardResult | None:
+        return self.guards.get(name)
+
+    @property
+    def control_accuracy(self) -> dict[str, float]:
+        """Greedy accuracy of each control task, by control name."""
+        return {name.removeprefix("control/"): m["greedy_accuracy"] for name, m in self.sets.items()
+                if name.startswith("control/") and "greedy_accuracy" in m}
+
+    def decision_row(self) -> dict[str, Any]:
+        """The figures the stop rules read."""
+        return {**self.metrics, "iteration": self.iteration, "control": self.control_accuracy}
+
+    def figures(self) -> dict[str, Any]:
+        """The headline number of every guard, flat, for metrics.jsonl and plots."""
+        out: dict[str, Any] = {}
+        for name, m in self.sets.items():
+            if "greedy_accuracy" in m:
+                out[f"{name}/accuracy"] = m["greedy_accuracy"]
+                out[f"{name}/ci95"] = m["greedy_ci95"]
+        mc = self.guards.get("mode_collapse")
+        if mc is not None:
+            for key in ("distinct_1", "distinct_2", "self_bleu", "near_duplicate_share", "embedding_spread",
+                        "length_mean", "length_std"):
+                if key in mc.figures:
+                    out[f"diversity/{key}"] = mc.figures[key]
+        rh = self.guards.get("reward_hacking")
+        heldout = (rh.get("heldout") if rh else None) or {}
+        for key in ("proxy_pass_rate", "gold_pass_rate", "correlation"):
+            if key in heldout:
+                out[f"reward/{key}"] = heldout[key]
+        pf = self.guards.get("persistent_failures")
+        if pf is not None and "never_solved" in pf.figures:
+            out["never_solved"] = pf.figures["never_solved"]
+        if self.guards or self.alarms:
+            out["alarms"] = self.alarms
+        if self.decision is not None:
+            out["decision"] = self.decision.action
+            out["best_iteration"] = self.decision.best_iteration
+        return out

@@ -1,0 +1,148 @@
+"""A user's own recipe, backend, task and verifiers, named as 'module:attr', run through the same driver:
+evaluated by the driver every iteration, resumed after SIGKILL, and traced in the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from selfplay.files import read_jsonl
+from tests.conftest import ROOT, run_cli, tiny_overrides
+
+pytestmark = pytest.mark.e2e
+
+
+def _plugin_args(tiny_model, sums_jsonl, tmp_path, **extra):
+    log = tmp_path / "backend.log"
+    judged = tmp_path / "verify.log"
+    return tiny_overrides(tiny_model, sums_jsonl, tmp_path, **{
+        "recipe": "tests.plugins:best_vs_worst_recipe",
+        "generate.backend": "tests.plugins:recording_backend",
+        "generate.options": f"{{log: '{log}'}}",
+        "generate.batch_size": 6,
+        "eval.batch_size": 4,
+        "verify.verifier": "tests.plugins:BatchCounter",
+        "verify.options": f"{{log: '{judged}'}}",
+        "verify.batch_size": 5,
+        **extra,
+    }), log, judged
+
+
+def test_user_recipe_backend_and_batch_verifier_run_through_the_driver(tiny_model, sums_jsonl, tmp_path):
+    args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, iterations=2)
+    proc = run_cli("run", *args)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "t"
+    for i in (1, 2):
+        it = run / f"iter-{i:03d}"
+        pairs = read_jsonl(it / "pairs.jsonl")
+        assert not (it / "train.jsonl").exists()
+        # BatchCounter scores s0 above s1, so every problem gives one pair, chosen s0 and rejected s1.
+        assert len(pairs) == 6 and all(p["chosen_sample_id"].endswith("/s0") for p in pairs)
+        assert all(p["rejected_sample_id"].endswith("/s1") and p["chosen_score"] > p["rejected_score"] for p in pairs)
+        assert json.loads((it / "notes.json").read_text())["pairs_seen"] == 6  # the recipe's own stage
+        assert json.loads((it / "train.json").read_text())["examples"] == 6
+        assert (it / "model" / "model.safetensors").is_file()
+        # The driver evaluated the model the recipe returned, with every guard.
+        evaluation = json.loads((it / "eval.json").read_text())
+        assert evaluation["model"] == str(it / "model")
+        assert set(evaluation["guards"]) >= {"degradation", "contamination"}
+    assert [m["iteration"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+    # The verify stage called verify_many in batches of verify.batch_size: 12 samples -> 5, 5, 2 per iteration
+    # (the held-out audit of each evaluation judges its 12 samples in one call).
+    assert judged.read_text().split() == ["12", "5", "5", "2", "12", "5", "5", "2", "12"]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    sizes = {(c["n"], c["batch_size"]) for c in calls if "batch_size" in c}
+    assert (2, 6) in sizes  # generation: generate.batch_size
+    assert (1, 4) in sizes and (2, 4) in sizes  # evaluation, greedy and pass@k: eval.batch_size takes effect
+    assert sum("closed" in c for c in calls) >= 3  # the pool closes a backend before it loads the next model
+    # The report traces pairs: both sides of a pair, each back to its sample.
+    page = (run / "report.html").read_text()
+    assert "pairs.jsonl" in page and "/s1" in page
+
+
+def test_user_recipe_resumes_after_sigkill_without_redoing_or_doubling(tiny_model, sums_jsonl, tmp_path):
+    args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
+        "task.train_size": 20, "generate.batch_size": 2, "generate.max_new_tokens": 16,
+    })
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "t" / "iter-001" / "samples.partial.jsonl"
+    deadline = time.monotonic() + 240
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 8):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = partial.read_text().splitlines()
+    resumed = run_cli("resume", str(tmp_path / "t"))
+    assert resumed.returncode == 0, resumed.stderr
+    it = tmp_path / "t" / "iter-001"
+    samples = read_jsonl(it / "samples.jsonl")
+    assert len(samples) == 40 and len({s["id"] for s in samples}) == 40
+    whole = [line for line in kept if line.endswith("}")]
+    assert set(whole[: 2 * (len(whole) // 2)]) <= set((it / "samples.jsonl").read_text().splitlines())
+    assert len(read_jsonl(it / "pairs.jsonl")) == 20
+    assert json.loads((it / "eval.json").read_text())["model"] == str(it / "model")
+
+
+def test_sigkill_in_a_slow_verify_stage_resumes_with_the_samples_not_yet_judged(tiny_model, sums_jsonl, tmp_path):
+    args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
+        "verify.verifier": "tests.plugins:SlowBatchCounter", "verify.batch_size": 2,
+    })
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    it = tmp_path / "t" / "iter-001"
+    partial = it / "verdicts.partial.jsonl"
+    deadline = time.monotonic() + 240
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 4):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = partial.read_bytes().count(b"\n")
+    batches_before = len(judged.read_text().split())
+    resumed = run_cli("resume", str(tmp_path / "t"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming; {done} of 12 samples already judged" in resumed.stdout
+    verdicts = read_jsonl(it / "verdicts.jsonl")
+    assert [v["sample_id"] for v in verdicts] == [s["id"] for s in read_jsonl(it / "samples.jsonl")]
+    sizes = [int(x) for x in judged.read_text().split()]
+    # Only the samples not yet judged were judged again (the held-out audit judges later, in other calls).
+    assert sum(sizes[batches_before:]) >= 12 - done
+    assert json.loads((it / "verify.json").read_text())["resumed_samples"] == done
+
+
+def test_user_task_without_answer_line_and_a_judge_that_asks_for_the_current_model(tiny_model, tmp_path):
+    args = tiny_overrides(tiny_model, tmp_path / "unused.jsonl", tmp_path, iterations=2, **{
+        "task.source": "tests.plugins:CountingTask", "task.params": "{count: 20}", "task.path": "null",
+        "verify.verifier": "tests.plugins:CurrentModelJudge", "guards.gold_verifier": "math",
+        "guards.fresh_size": 5,
+    })
+    proc = run_cli("run", *args)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "t"
+    train = read_jsonl(run / "problems" / "train.jsonl")
+    assert len(train) == 6 and all(p["prompt"].startswith("Count from") and "Answer:" not in p["prompt"] for p in train)
+    # The judge got the generator of the model each iteration samples from.
+    assert {v["critique"] for v in read_jsonl(run / "iter-001" / "verdicts.jsonl")} == {str(tiny_model)}
+    assert {v["critique"] for v in read_jsonl(run / "iter-002" / "verdicts.jsonl")} == {str(run / "iter-001" / "model")}
+    fresh = json.loads((run / "iter-001" / "eval.json").read_text())["sets"]["fresh"]
+    assert "cannot draw new problems" in fresh["skipped"]  # the task has no `fresh`: said, not guessed
+
+
+def test_a_user_recipe_that_does_not_exist_is_one_clear_line(tiny_model, sums_jsonl, tmp_path):
+    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, recipe="tests.plugins:nope"))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "selfplay: error: recipe: module 'tests.plugins' has no attribute 'nope'")
+    assert not (tmp_path / "t").exists()
+    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, recipe="spin"))
+    assert proc.returncode == 2 and "recipe: unknown 'spin'; built-ins are rft" in proc.stderr
