@@ -28,6 +28,7 @@ from selfplay.api import run  # noqa: E402
 from selfplay.cli import _offline_env  # noqa: E402
 from selfplay.config import load_config  # noqa: E402
 from selfplay.loop.export import export  # noqa: E402
+from selfplay.loop.rundir import RunDir  # noqa: E402
 
 SMALL = ["task.train_size=64", "task.eval_size=60", "guards.fresh_size=30", "eval.samples=4"]
 SCENARIOS = {
@@ -39,25 +40,21 @@ SCENARIOS = {
 def table(run_dir: Path) -> str:
     out = ["| iter | held-out greedy | control | fresh | proxy pass | gold pass | proxy precision | mean len "
            "| alarms | decision |", "|---" * 10 + "|"]
-    for it_dir in sorted(run_dir.glob("iter-[0-9][0-9][0-9]")):
-        path = it_dir / "eval.json"
-        if not path.is_file():
-            continue
-        e = json.loads(path.read_text())
-        control = next((m for k, m in e["sets"].items() if k.startswith("control/")), {})
-        fresh = e["sets"].get("fresh", {})
-        rh = e["guards"]["reward_hacking"].get("heldout") or {}
+    for i, e in RunDir(run_dir).evaluations().items():
+        control = next((m for k, m in e.sets.items() if k.startswith("control/")), {})
+        fresh = e.sets.get("fresh", {})
+        rh = e.guards["reward_hacking"].get("heldout") or {}
 
         def pct(v):
             return f"{v:.1%}" if isinstance(v, (int, float)) else "–"
 
-        alarms = "<br>".join(a.replace("|", "/") for a in e["alarms"]) or "none"
+        alarms = "<br>".join(a.replace("|", "/") for a in e.alarms) or "none"
         out.append(
-            f"| {e['iteration']} | {pct(e['metrics']['greedy_accuracy'])} | {pct(control.get('greedy_accuracy'))} "
+            f"| {i} | {pct(e.metrics['greedy_accuracy'])} | {pct(control.get('greedy_accuracy'))} "
             f"| {pct(fresh.get('greedy_accuracy'))} | {pct(rh.get('proxy_pass_rate'))} "
             f"| {pct(rh.get('gold_pass_rate'))} "
-            f"| {pct(rh.get('proxy_precision'))} | {e['metrics']['mean_length']:.1f} | {alarms} "
-            f"| {e['decision']['action']} |"
+            f"| {pct(rh.get('proxy_precision'))} | {e.metrics['mean_length']:.1f} | {alarms} "
+            f"| {e.decision.action if e.decision else '–'} |"
         )
     return "\n".join(out)
 

@@ -161,3 +161,17 @@ class SlowBatchCounter(BatchCounter):
 
         time.sleep(0.3)
         return super().verify_many(items)
+
+
+def copy_recipe(ctx, i: int, source: Path) -> Path:
+    """A recipe with no train stage: its own stage writes the model (a copy of `source`), and it returns that path."""
+    import shutil
+
+    out = ctx.rundir.iter_dir(i) / "copied"
+
+    def copy() -> dict:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+        return {"source": str(source)}
+
+    ctx.stage(i, "copy", copy)
+    return out

@@ -41,23 +41,27 @@ def test_a_refused_atomic_write_removes_its_temporary_file_and_keeps_the_old_one
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.strip() == f"{target}: cannot write (File too large); free some space, then resume the run"
+    assert out.stdout.strip() == f"{target}: cannot write (File too large); free some space"
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
     atomic_write_text(target, "new")  # with room again, the same write goes through
     assert target.read_text() == "new"
 
 
 @pytest.mark.e2e
-def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(tiny_model, sums_jsonl, tmp_path):
+@pytest.mark.parametrize("limit, where", [
+    (3000, "iter-000/eval.json: cannot write (File too large)"),  # our own atomic write
+    (60000, "iter-001: cannot write (training: File too large)"),  # the trainer's checkpoint (safetensors)
+])
+def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(tiny_model, sums_jsonl, tmp_path, limit, where):
     args = tiny_overrides(tiny_model, sums_jsonl, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, preexec_fn=_limit_file_size(3000))
+                          text=True, timeout=300, preexec_fn=_limit_file_size(limit))
     run = tmp_path / "t"
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bars
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert last.startswith(f"selfplay: error: {run}/") and "cannot write (File too large)" in last
+    assert last.startswith(f"selfplay: error: {run}/{where}"), last
     assert last.endswith(f"then resume the run: selfplay resume {run}")
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name]  # no temporary file left behind
     kept = {p.relative_to(run): p.read_bytes() for p in (run / "problems").iterdir()}

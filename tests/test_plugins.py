@@ -67,8 +67,10 @@ def test_user_recipe_backend_and_batch_verifier_run_through_the_driver(tiny_mode
     assert "pairs.jsonl" in page and "/s1" in page
 
 
-def test_user_recipe_resumes_after_sigkill_without_redoing_or_doubling(tiny_model, sums_jsonl, tmp_path):
+def test_user_recipe_backend_and_task_resume_after_sigkill_without_redoing_or_doubling(tiny_model, sums_jsonl,
+                                                                                         tmp_path):
     args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
+        "task.source": "tests.plugins:CountingTask", "task.params": "{count: 40}", "task.path": "null",
         "task.train_size": 20, "generate.batch_size": 2, "generate.max_new_tokens": 16,
     })
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -146,3 +148,19 @@ def test_a_user_recipe_that_does_not_exist_is_one_clear_line(tiny_model, sums_js
     assert not (tmp_path / "t").exists()
     proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, recipe="spin"))
     assert proc.returncode == 2 and "recipe: unknown 'spin'; built-ins are rft" in proc.stderr
+
+
+def test_a_recipe_without_a_train_stage_feeds_the_model_it_returns_to_the_next_iteration(tiny_model, sums_jsonl,
+                                                                                          tmp_path):
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, iterations=2, recipe="tests.plugins:copy_recipe")
+    proc = run_cli("run", *args)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "t"
+    assert json.loads((run / "iter-001" / "copy.json").read_text())["source"] == str(tiny_model)
+    # Iteration 2 samples from the model iteration 1's recipe returned, which the driver evaluated.
+    assert json.loads((run / "iter-002" / "copy.json").read_text())["source"] == str(run / "iter-001" / "copied")
+    assert json.loads((run / "iter-002" / "eval.json").read_text())["model_dir"] == "iter-002/copied"
+    exported = run_cli("export", str(run), str(tmp_path / "out"), "--iteration", "2")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((tmp_path / "out" / "selfplay-export.json").read_text())["source"] == str(
+        (run / "iter-002" / "copied").resolve())

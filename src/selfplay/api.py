@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from selfplay import config as configlib
+from selfplay.files import atomic_write_json
 from selfplay.interfaces import Recipe
 from selfplay.loop import driver
-from selfplay.loop.context import ModelPool
+from selfplay.loop.context import ModelPool, RunModels
 from selfplay.loop.evaluation import measure, write_verdicts
 from selfplay.loop.rundir import RunDir
 from selfplay.models import placement, resolve_model_path
@@ -90,12 +92,17 @@ def evaluate_model(
         rundir.freeze_config(cfg)
         driver.freeze_problems(rundir, problems)
         pool = ModelPool(placement(cfg.model.device, cfg.model.dtype), cfg.generate.backend, cfg.generate.options)
+        # A judge asked for 'current' or 'base' gets the model under evaluation.
+        models = RunModels(pool, model_path, current=model_path)
         verifier = build_verifier(cfg.verify.verifier, task.default_verifier, strict_format=cfg.verify.strict_format,
-                                  options=cfg.verify.options)
+                                  options=cfg.verify.options, run=models)
         eval_dir = rundir.path / "eval"
         eval_dir.mkdir(exist_ok=True)
+        start = time.perf_counter()
         m = measure(pool.generator(model_path), problems.heldout, verifier, cfg.eval, cfg.seed, "eval")
         write_verdicts(eval_dir / "eval_samples.jsonl", m.greedy, m.greedy_verdicts)
+        atomic_write_json(eval_dir / "eval.json", {"model": str(model_path), "metrics": m.metrics,
+                                                   "seconds": time.perf_counter() - start})
     finally:
         if pool is not None:
             pool.release()

@@ -53,7 +53,7 @@ class TaskSource(_Section):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="The dataset's settings (reasoning-gym: passed to its config class; a user task: its options). "
-        "Not given: the dataset's own defaults.",
+        "Not given: the dataset's own defaults (for basic_arithmetic: the tuned settings in docs/guide.md).",
     )
     path: str | None = Field(
         None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl)."

@@ -67,6 +67,7 @@ class Evaluation:
     iteration: int
     model: str
     metrics: dict[str, Any]
+    model_dir: str | None = None  # the evaluated model, relative to the run folder when inside it
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     categories: dict[str, Any] = field(default_factory=dict)
     guards: dict[str, GuardResult] = field(default_factory=dict)
@@ -81,7 +82,8 @@ class Evaluation:
         data = read_json(path)
         decision = data.get("decision")
         return cls(
-            iteration=iteration, model=data["model"], metrics=data["metrics"], sets=data.get("sets", {}),
+            iteration=iteration, model=data["model"], metrics=data["metrics"], model_dir=data.get("model_dir"),
+            sets=data.get("sets", {}),
             categories=data.get("categories", {}),
             guards={k: GuardResult.from_dict(v) for k, v in data.get("guards", {}).items()},
             alarms=data.get("alarms", []), decision=Decision.from_dict(decision) if decision else None,
@@ -90,7 +92,8 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         guards = {k: g.to_dict() for k, g in self.guards.items()}
-        out: dict[str, Any] = {"model": self.model, "metrics": self.metrics, "sets": self.sets,
+        out: dict[str, Any] = {"model": self.model, "model_dir": self.model_dir, "metrics": self.metrics,
+                               "sets": self.sets,
                                "categories": self.categories, "guards": guards, "alarms": self.alarms}
         if self.decision is not None:
             out["decision"] = self.decision.to_dict()

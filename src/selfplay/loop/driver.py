@@ -30,8 +30,8 @@ from selfplay.results import Decision
 from selfplay.tasks import build_control, build_task, control_task
 from selfplay.verifiers import build_verifier
 
-# OS errors a user fixes on their side (space, quota, permissions): one line, then `selfplay resume`.
-_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+# Write errors a user fixes on their side (space, quota, a read-only disk): one line, then `selfplay resume`.
+_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @dataclass
@@ -64,7 +64,9 @@ def freeze_problems(rundir: RunDir, problems: Problems) -> None:
     atomic_write_jsonl(rundir.problems_dir / "train.jsonl", (to_dict(p) for p in problems.train))
 
 
-def load_controls(rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool) -> tuple[list[ControlSet], bool]:
+def load_controls(
+    rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool, models: RunModels
+) -> tuple[list[ControlSet], bool]:
     """Control tasks, frozen in problems/control-NAME.jsonl at the first start; the bool says some are new."""
     controls, new = [], False
     for c in cfg.guards.control:
@@ -74,7 +76,7 @@ def load_controls(rundir: RunDir, cfg: configlib.RunConfig, strict_format: bool)
         else:
             problems, new = build_control(c), True
         verifier = build_verifier(c.verifier, control_task(c).default_verifier, strict_format=strict_format,
-                                  field=f"guards.control[{c.name}].verifier")
+                                  run=models, field=f"guards.control[{c.name}].verifier")
         controls.append(ControlSet(c.name, problems, verifier))
     return controls, new
 
@@ -104,16 +106,16 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
         rundir.check_config(cfg, allow_change)
         task = build_task(cfg.task)
         problems = load_problems(rundir, task)
-        controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format)
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
         models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options), base_path)
+        controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format, models)
         v = cfg.verify
         verifier = build_verifier(v.verifier, task.default_verifier, strict_format=v.strict_format,
                                   options=v.options, run=models)
         gold_name = cfg.guards.gold_verifier
         gold = None if gold_name is None else build_verifier(
-            gold_name, task.default_verifier, strict_format=v.strict_format, field="guards.gold_verifier")
+            gold_name, task.default_verifier, strict_format=v.strict_format, run=models, field="guards.gold_verifier")
         rundir.freeze_config(cfg)
         if problems.new:
             freeze_problems(rundir, problems)
@@ -176,10 +178,10 @@ def execute(
         if isinstance(e, KeyboardInterrupt):
             print(f"\nStopped. Finished stages are kept; continue with: selfplay resume {ctx.rundir.path}", flush=True)
         if isinstance(e, WriteError):
-            raise UserError(f"{e}: selfplay resume {ctx.rundir.path}") from None
+            raise UserError(f"{e}, then resume the run: selfplay resume {ctx.rundir.path}") from None
         if isinstance(e, OSError) and e.errno in _FIXABLE:
             where = f"{e.filename}: " if e.filename else ""
-            raise UserError(f"{where}cannot write ({e.strerror}); free some space or fix the folder, then: "
+            raise UserError(f"{where}cannot write ({e.strerror}); free some space, then resume the run: "
                             f"selfplay resume {ctx.rundir.path}") from None
         raise
     finally:
@@ -197,7 +199,7 @@ def execute(
 def _mark_interrupted(rundir: RunDir) -> None:
     try:
         rundir.write_state(status="interrupted")
-    except OSError:  # the disk that stopped the run may refuse this too; the stage files tell the truth
+    except WriteError:  # the disk that stopped the run may refuse this too; the stage files tell the truth
         pass
 
 

@@ -150,7 +150,7 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     heldout = measure(gen, ctx.heldout, ctx.scorer, cfg.eval, seed, f"{it_dir.name} eval")
     write_verdicts(it_dir / "eval_samples.jsonl", heldout.greedy, heldout.greedy_verdicts)
     write_verdicts(it_dir / "eval_sampled.jsonl", heldout.sampled, heldout.sampled_verdicts)
-    result = Evaluation(i, str(model_path), heldout.metrics)
+    result = Evaluation(i, str(model_path), heldout.metrics, model_dir=ctx.rundir.relative(model_path))
     result.categories["heldout"] = cat.per_category(ctx.heldout, heldout.greedy_verdicts)
 
     for control in ctx.controls:

@@ -118,14 +118,14 @@ def raise_if_rejected(it_dir: Path, summary: dict[str, Any]) -> None:
 
 def pending(run_path: Path) -> Path | None:
     """The iteration folder whose review is waiting for a decision, if any."""
-    waiting = [d for d in sorted(run_path.glob("iter-[0-9][0-9][0-9]")) if (d / REQUEST).is_file()
+    waiting = [d for d in RunDir(run_path).iter_dirs() if (d / REQUEST).is_file()
                and not (d / DECISION).is_file()]
     return waiting[-1] if waiting else None
 
 
 def latest_request(run_path: Path) -> Path | None:
-    requests = sorted(run_path.glob(f"iter-[0-9][0-9][0-9]/{REQUEST}"))
-    return requests[-1].parent if requests else None
+    requests = [d for d in RunDir(run_path).iter_dirs() if (d / REQUEST).is_file()]
+    return requests[-1] if requests else None
 
 
 def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reason: str | None = None) -> str:

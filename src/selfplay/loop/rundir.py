@@ -2,7 +2,7 @@
 
     runs/NAME/
       config.yaml        resolved config, frozen at start
-      state.json         progress, rewritten atomically after every stage
+      state.json         status and the running stage, rewritten atomically when a stage starts and at the end
       metrics.jsonl      one line per evaluated iteration, rebuilt from the eval.json files
       problems/          the train and held-out splits, the exemplar and the control tasks, frozen at start
       iter-000/          evaluation of the starting model (with the guards' baseline)
@@ -67,11 +67,25 @@ class RunDir:
         return {self.iteration_of(d): Evaluation.load(d / "eval.json", self.iteration_of(d))
                 for d in self.iter_dirs() if (d / "eval.json").is_file()}
 
+    def relative(self, path: Path) -> str:
+        """`path` relative to the run folder when it lies inside it (so the run can be moved), else absolute."""
+        try:
+            return str(Path(path).resolve().relative_to(self.path.resolve()))
+        except ValueError:
+            return str(Path(path).resolve())
+
     def model_of(self, i: int, base: Path | None = None) -> Path:
-        """The model iteration `i` produced (its train stage's output); iteration 0's is the starting model."""
-        if i == 0:
-            return base if base is not None else Path(self.read_state().get("base_model", ""))
+        """The model iteration `i` produced: the one the driver evaluated; iteration 0's is the starting model."""
+        if i == 0 and base is not None:
+            return base
         it_dir = self.iter_dir(i)
+        evaluated = read_json(it_dir / "eval.json").get("model_dir") if (it_dir / "eval.json").is_file() else None
+        if evaluated:
+            path = Path(evaluated)
+            return path if path.is_absolute() else self.path / path
+        if i == 0:
+            return Path(self.read_state().get("base_model", ""))
+        # Runs evaluated before eval.json named its model folder: the train stage's output.
         path = Path(read_json(it_dir / "train.json")["model"])
         return path if path.is_absolute() else it_dir / path
 
@@ -190,10 +204,11 @@ class RunDir:
                 if summary.is_file():
                     data = read_json(summary)
                     seconds[stage] = data.get("seconds")
-                    if stage == "filter":
-                        row["kept"] = data["kept"]
-                        row["problems_solved"] = data["problems_solved"]
-                        row["train_pass_rate"] = data["passed"] / max(1, data["samples"])
+                    if stage == "filter":  # a recipe's own selection step may count other things
+                        row["kept"] = data.get("kept")
+                        row["problems_solved"] = data.get("problems_solved")
+                        if "passed" in data and "samples" in data:
+                            row["train_pass_rate"] = data["passed"] / max(1, data["samples"])
                         row["contaminated"] = data.get("contaminated", 0)
             row["seconds"] = seconds
             rows.append(row)

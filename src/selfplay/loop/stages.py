@@ -15,7 +15,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from selfplay.files import JsonlAppender, atomic_write_jsonl, recover_partial_jsonl
+from selfplay.errors import WriteError, write_failure
+from selfplay.files import JsonlAppender, atomic_write_jsonl, read_jsonl, recover_partial_jsonl
 from selfplay.generation import SamplingParams, sample_batches
 from selfplay.guards.contamination import ContaminationIndex, split_contaminated
 from selfplay.interfaces import Generator, Trainer
@@ -48,6 +49,11 @@ def generate(
     problem on disk loads no model.
     """
     partial = it_dir / "samples.partial.jsonl"
+    final = it_dir / "samples.jsonl"
+    if final.is_file() and not partial.exists():
+        # Killed after the samples were complete but before the summary: nothing is left to sample.
+        rows = read_jsonl(final)
+        return _generate_summary(problems, params, model_path, len({r["problem_id"] for r in rows}), 0, 0.0)
     rows, torn = _recover(partial, "regenerating it")
     # Keep only problems whose k samples all made it to disk; the rest are sampled again.
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -71,11 +77,16 @@ def generate(
                 tokens += sum(s.num_tokens for s in batch)
     seconds = time.perf_counter() - start
     partial.touch()
-    partial.replace(it_dir / "samples.jsonl")
+    partial.replace(final)
+    return _generate_summary(problems, params, model_path, len(complete), tokens, seconds)
+
+
+def _generate_summary(problems: Sequence[Problem], params: SamplingParams, model_path: Path, resumed: int,
+                      tokens: int, seconds: float) -> dict[str, Any]:
     return {
         "samples": len(problems) * params.n,
         "problems": len(problems),
-        "resumed_problems": len(complete),
+        "resumed_problems": resumed,
         "new_tokens": tokens,
         "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds > 0 and tokens else None,
@@ -90,6 +101,10 @@ def verify(it_dir: Path, problems: Sequence[Problem], verifier: Verifier, batch_
     by_id = {p.id: p for p in problems}
     samples = load_records(it_dir / "samples.jsonl", Sample)
     partial = it_dir / "verdicts.partial.jsonl"
+    final = it_dir / "verdicts.jsonl"
+    if final.is_file() and not partial.exists():
+        # Killed after every sample was judged but before the summary: judge nothing again.
+        return _verify_summary(verifier, load_records(final, Verdict), len(samples), start)
     rows, torn = _recover(partial, "judging it again")
     if torn:
         atomic_write_jsonl(partial, rows)  # the torn line goes before anything is appended after it
@@ -104,14 +119,18 @@ def verify(it_dir: Path, problems: Sequence[Problem], verifier: Verifier, batch_
     # Verdicts in sample order, whatever order the batches finished in.
     order = {s.id: n for n, s in enumerate(samples)}
     verdicts = sorted(load_records(partial, Verdict), key=lambda v: order[v.sample_id])
-    atomic_write_jsonl(it_dir / "verdicts.jsonl", (to_dict(v) for v in verdicts))
+    atomic_write_jsonl(final, (to_dict(v) for v in verdicts))
     partial.unlink()
+    return _verify_summary(verifier, verdicts, len(done), start)
+
+
+def _verify_summary(verifier: Verifier, verdicts: Sequence[Verdict], resumed: int, start: float) -> dict[str, Any]:
     return {
         "verifier": verifier.name,
         "samples": len(verdicts),
         "passed": sum(v.passed for v in verdicts),
         "answered": sum(v.answer is not None for v in verdicts),
-        "resumed_samples": len(done),
+        "resumed_samples": resumed,
         "seconds": time.perf_counter() - start,
     }
 
@@ -159,7 +178,14 @@ def train(
     else:
         free_memory()  # free the sampling copy before training loads its own
         _log(f"{it_dir.name}/train: {len(records)} examples, starting from {init_path}")
-        stats = trainer.train(init_path, records, it_dir / "model", it_dir / "trainer", cfg, where, seed)
+        try:
+            stats = trainer.train(init_path, records, it_dir / "model", it_dir / "trainer", cfg, where, seed)
+        except Exception as e:
+            # A full disk reaches us wrapped by the checkpoint writer (safetensors, torch.save): say so in one line.
+            reason = write_failure(e)
+            if reason is None:
+                raise
+            raise WriteError(it_dir, f"training: {reason}") from None
         summary = {"skipped": False, "model": "model", "init_from": str(init_path), "examples": len(records), **stats}
     summary["removed_by_review"] = len(removed)
     return summary

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.files import atomic_write_text, read_jsonl
-from selfplay.loop.rundir import STAGES, RunDir
+from selfplay.loop.rundir import STAGES, RunDir, load_records
+from selfplay.records import Problem
 from selfplay.reporting.tensorboard import write_tensorboard
 from selfplay.results import GUARDS, Evaluation
 
@@ -87,8 +88,9 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, Eval
     def data(ax):
         xs = [int(r["iteration"]) for r in rows if "kept" in r]
         if xs:
-            ax.bar([x - 0.2 for x in xs], [r["kept"] for r in rows if "kept" in r], width=0.4, label="examples kept")
-            ax.bar([x + 0.2 for x in xs], [r["problems_solved"] for r in rows if "kept" in r], width=0.4,
+            ax.bar([x - 0.2 for x in xs], [r["kept"] or 0 for r in rows if "kept" in r], width=0.4,
+                   label="examples kept")
+            ax.bar([x + 0.2 for x in xs], [r.get("problems_solved") or 0 for r in rows if "kept" in r], width=0.4,
                    label="training problems solved")
             ax.plot(xs, [r.get("contaminated", 0) for r in rows if "kept" in r], "rx", label="contaminated (dropped)")
         return "Training data per iteration"
@@ -221,19 +223,19 @@ def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
     i = trained[-1]
     it_dir = rundir.iter_dir(i)
     train_path = rundir.problems_dir / "train.jsonl"
-    problems = {p["id"]: p for p in read_jsonl(train_path)} if train_path.is_file() else {}
+    problems = {p.id: p for p in load_records(train_path, Problem)} if train_path.is_file() else {}
     samples = {s["id"]: s for s in read_jsonl(it_dir / "samples.jsonl")}
     verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
     records = rundir.train_records(i) or []
     rows = []
     for rec in records[:LINEAGE_ROWS]:
-        p = problems.get(rec.problem_id, {})
-        question = (p.get("meta") or {}).get("question", p.get("prompt", ""))
+        p = problems.get(rec.problem_id)
+        question, reference = (p.question, p.reference) if p else (rec.prompt, "")
         # An Example traces one sample; a Pair two (chosen, then rejected), one row each.
         for sid, text in zip(rec.sample_ids, rec.texts, strict=True):
             s, v = samples.get(sid, {}), verdicts.get(sid, {})
             rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in (
-                rec.problem_id, question, p.get("reference", ""), sid, v.get("answer"), v.get("score"),
+                rec.problem_id, question, reference, sid, v.get("answer"), v.get("score"),
                 v.get("verifier"), rec.iteration, _short_model(str(s.get("model", "")), rundir.path),
             )) + f"<td><pre>{_esc(text)}</pre></td></tr>")
     head = ("problem", "question", "reference", "sample", "answer", "score", "verifier", "iteration", "sampled by",

@@ -37,6 +37,7 @@ def build_verifier(
         kwargs = {"strict_format": strict_format, **options}
         check_call(factory, field.rsplit(".", 1)[0] + ".options", **kwargs)
         return factory(**kwargs)
+    check_call(factory, field, options, run)
     return factory(options, run)
 
 
