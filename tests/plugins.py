@@ -30,6 +30,16 @@ class PassFirst:
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
 
 
+class PassFirstFromBase(PassFirst):
+    """Passes the first sample of each problem only while the run samples from its starting model."""
+
+    name = "pass-first-from-base"
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        passed = sample.id.endswith("/s0") and "iter-" not in sample.model
+        return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
+
+
 class LengthProxy(PassFirst):
     """A planted reward hack: passes any completion of at least 5 tokens, whatever it says."""
 
@@ -94,17 +104,24 @@ class CurrentModelJudge:
 
 
 # -- a generation backend: factory(model_path, where, **options) -> Generator --------------------------
-def recording_backend(model_path, where, log: str):
-    """The transformers backend, recording the batch size of every call in the file `log`."""
+def recording_backend(model_path, where, log: str, delay: float = 0.0):
+    """The transformers backend, recording the batch size of every call in the file `log`.
+
+    `delay` seconds after each batch give a SIGKILL test a wide window to land in.
+    """
     inner = transformers_backend(model_path, where)
 
     class Recording:
         model_name = inner.model_name
 
         def generate(self, problems, params, batch_size):
+            import time
+
             with open(log, "a") as f:
                 f.write(json.dumps({"batch_size": batch_size, "problems": len(problems), "n": params.n}) + "\n")
-            yield from inner.generate(problems, params, batch_size)
+            for batch in inner.generate(problems, params, batch_size):
+                yield batch
+                time.sleep(delay)
 
         def close(self):
             with open(log, "a") as f:
@@ -138,7 +155,8 @@ class ChosenOnlySFT:
     record_type = Pair
 
     def train(self, init_path, records, out_dir, work_dir, cfg, where, seed):
-        examples = [Example(p.id, p.problem_id, p.chosen_sample_id, p.prompt, p.chosen, p.iteration) for p in records]
+        examples = [Example(p.id, p.problem_id, p.chosen_sample_id, p.prompt, p.chosen, p.iteration, p.messages)
+                    for p in records]
         return train_sft(init_path, examples, out_dir, work_dir, cfg, where, seed)
 
 
@@ -159,7 +177,7 @@ class SlowBatchCounter(BatchCounter):
     def verify_many(self, items):
         import time
 
-        time.sleep(0.3)
+        time.sleep(0.5)
         return super().verify_many(items)
 
 

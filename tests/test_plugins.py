@@ -72,6 +72,7 @@ def test_user_recipe_backend_and_task_resume_after_sigkill_without_redoing_or_do
     args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
         "task.source": "tests.plugins:CountingTask", "task.params": "{count: 40}", "task.path": "null",
         "task.train_size": 20, "generate.batch_size": 2, "generate.max_new_tokens": 16,
+        "generate.options": f"{{log: '{tmp_path / 'backend.log'}', delay: 0.2}}",
     })
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
@@ -84,13 +85,18 @@ def test_user_recipe_backend_and_task_resume_after_sigkill_without_redoing_or_do
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kept = partial.read_text().splitlines()
+    done = len(kept) // 2  # one problem (2 samples) per batch, each batch appended whole
+    calls_before = len(log.read_text().splitlines())
     resumed = run_cli("resume", str(tmp_path / "t"))
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming; {done} of 20 problems already sampled" in resumed.stdout
     it = tmp_path / "t" / "iter-001"
     samples = read_jsonl(it / "samples.jsonl")
     assert len(samples) == 40 and len({s["id"] for s in samples}) == 40
-    whole = [line for line in kept if line.endswith("}")]
-    assert set(whole[: 2 * (len(whole) // 2)]) <= set((it / "samples.jsonl").read_text().splitlines())
+    assert set(kept[: 2 * done]) <= set((it / "samples.jsonl").read_text().splitlines())  # kept, not redone
+    # The resume's first backend call sampled only the problems not on disk (iteration 0's evaluation was done).
+    first = json.loads(log.read_text().splitlines()[calls_before])
+    assert first == {"batch_size": 2, "problems": 20 - done, "n": 2}
     assert len(read_jsonl(it / "pairs.jsonl")) == 20
     assert json.loads((it / "eval.json").read_text())["model"] == str(it / "model")
 
@@ -118,8 +124,8 @@ def test_sigkill_in_a_slow_verify_stage_resumes_with_the_samples_not_yet_judged(
     verdicts = read_jsonl(it / "verdicts.jsonl")
     assert [v["sample_id"] for v in verdicts] == [s["id"] for s in read_jsonl(it / "samples.jsonl")]
     sizes = [int(x) for x in judged.read_text().split()]
-    # Only the samples not yet judged were judged again (the held-out audit judges later, in other calls).
-    assert sum(sizes[batches_before:]) >= 12 - done
+    # Only the samples not yet judged were judged, then the held-out audit judged its own 12 in one call.
+    assert sum(sizes[batches_before:]) == (12 - done) + 12 and sizes[-1] == 12
     assert json.loads((it / "verify.json").read_text())["resumed_samples"] == done
 
 
@@ -164,3 +170,17 @@ def test_a_recipe_without_a_train_stage_feeds_the_model_it_returns_to_the_next_i
     assert exported.returncode == 0, exported.stderr
     assert json.loads((tmp_path / "out" / "selfplay-export.json").read_text())["source"] == str(
         (run / "iter-002" / "copied").resolve())
+
+
+def test_an_iteration_that_trains_nothing_keeps_its_model_with_a_relative_run_folder(tiny_model, sums_jsonl,
+                                                                                   tmp_path):
+    # output_dir is relative (the default "runs"); iteration 2 has nothing to train on, so its model is
+    # iteration 1's, named relative to the working directory.
+    args = tiny_overrides(tiny_model, sums_jsonl, "runs", iterations=3, **{
+        "verify.verifier": "tests.plugins:PassFirstFromBase"})
+    proc = run_cli("run", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs" / "t"
+    assert json.loads((run / "iter-002" / "train.json").read_text())["skipped"]
+    assert json.loads((run / "iter-002" / "eval.json").read_text())["model_dir"] == "iter-001/model"
+    assert json.loads((run / "iter-003" / "generate.json").read_text())["model"] == "runs/t/iter-001/model"

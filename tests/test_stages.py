@@ -64,3 +64,21 @@ def test_metrics_rows_take_a_selection_step_that_counts_other_things(tmp_path):
     (rundir.iter_dir(1) / "filter.json").write_text(json.dumps({"kept": 3, "my_count": 7, "seconds": 0.1}))
     rows = rundir.collect_metrics()
     assert rows[1]["kept"] == 3 and rows[1]["problems_solved"] is None and "train_pass_rate" not in rows[1]
+
+
+def test_train_killed_after_model_was_in_place_but_before_its_summary_does_not_train_again(tmp_path):
+    from selfplay.records import Example
+
+    class MustNotTrain:
+        record_type = Example
+
+        def train(self, *args):
+            raise AssertionError("trained again although model/ was complete")
+
+    examples = [Example("it1/p0/s0", "p0", "p0/s0", "What is 0 + 1?", "Answer: 1", 1)]
+    atomic_write_jsonl(tmp_path / "train.jsonl", (to_dict(e) for e in examples))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "trainer" / "checkpoint-1").mkdir(parents=True)  # left behind by the kill
+    summary = stages.train(tmp_path, MustNotTrain(), tmp_path / "base", tmp_path / "base", None, None, 0, lambda: None)
+    assert summary["model"] == "model" and summary["recovered"] and not (tmp_path / "trainer").exists()

@@ -19,7 +19,7 @@ from selfplay.generation import build_generator
 from selfplay.guards.contamination import ContaminationIndex, build_index
 from selfplay.interfaces import Generator, SamplingParams, Task, Trainer
 from selfplay.loop import review, stages
-from selfplay.loop.rundir import RunDir
+from selfplay.loop.rundir import STAGES, RunDir
 from selfplay.loop.runner import run_stage
 from selfplay.models import Placement, resolve_model_path
 from selfplay.records import Problem
@@ -128,24 +128,29 @@ class RunContext:
     # -- the stages, for recipes -----------------------------------------------------------------
     def stage(self, i: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run a stage of your own through the runner (skip when done, timing, state, atomic summary)."""
+        if name in STAGES:
+            raise ValueError(f"stage name '{name}' is taken by a built-in stage ({', '.join(STAGES)}); pick another")
+        return self._stage(i, name, fn)
+
+    def _stage(self, i: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return run_stage(self.rundir, i, name, fn)
 
     def generate(self, i: int, problems: Sequence[Problem], source: Path, params: SamplingParams) -> dict[str, Any]:
         """samples.jsonl: `params.n` completions per problem from the model at `source`."""
         it_dir = self.rundir.iter_dir(i)
-        return self.stage(i, "generate", lambda: stages.generate(
+        return self._stage(i, "generate", lambda: stages.generate(
             it_dir, problems, lambda: self.pool.generator(source), source, params, self.cfg.generate.batch_size))
 
     def verify(self, i: int, problems: Sequence[Problem], verifier: Verifier | None = None) -> dict[str, Any]:
         """verdicts.jsonl: every sample judged by `verifier` (default: the run's)."""
         it_dir = self.rundir.iter_dir(i)
         chosen = verifier or self.verifier
-        return self.stage(i, "verify", lambda: stages.verify(it_dir, problems, chosen, self.cfg.verify.batch_size))
+        return self._stage(i, "verify", lambda: stages.verify(it_dir, problems, chosen, self.cfg.verify.batch_size))
 
     def select(self, i: int, problems: Sequence[Problem], select: stages.Select, record_type: type) -> dict[str, Any]:
         """train.jsonl or pairs.jsonl: the records `select` makes from the verdicts, minus contaminated ones."""
         it_dir = self.rundir.iter_dir(i)
-        return self.stage(i, "filter", lambda: stages.filter_(
+        return self._stage(i, "filter", lambda: stages.filter_(
             it_dir, problems, select, record_type, self.contamination_index(i)))
 
     def review(self, i: int) -> list[str]:
@@ -154,7 +159,7 @@ class RunContext:
         if not r.every or i % r.every:
             return []
         it_dir = self.rundir.iter_dir(i)
-        summary = self.stage(i, "review", lambda: review.gate(
+        summary = self._stage(i, "review", lambda: review.gate(
             it_dir, self.rundir.path, self.train_problems, r.sample_size, self.cfg.seed + i, r.poll_seconds))
         review.raise_if_rejected(it_dir, summary)
         return summary.get("rejected_ids", [])
@@ -163,6 +168,6 @@ class RunContext:
         """model/: `trainer` fine-tunes `init` on this iteration's records; with none, the model is `fallback`."""
         it_dir = self.rundir.iter_dir(i)
         cfg = self.cfg
-        self.stage(i, "train", lambda: stages.train(
+        summary = self._stage(i, "train", lambda: stages.train(
             it_dir, trainer, init, fallback, cfg.train, self.where, cfg.seed + i, self.pool.release, removed))
-        return self.model_after(i)
+        return fallback if summary["skipped"] else it_dir / summary["model"]

@@ -24,6 +24,7 @@ from selfplay.loop.context import ControlSet, ModelPool, RunContext, RunModels
 from selfplay.loop.evaluation import decision_after, evaluate_iteration
 from selfplay.loop.review import ReviewRejected
 from selfplay.loop.rundir import RunDir, load_records
+from selfplay.loop.runner import run_stage
 from selfplay.models import placement, resolve_model_path
 from selfplay.records import Problem, to_dict
 from selfplay.results import Decision
@@ -132,7 +133,7 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
 
 def evaluate(ctx: RunContext, i: int, model: Path, on_evaluated: Callable[[Path], Any] | None) -> None:
     """The eval stage of iteration `i` (skipped when done), then metrics.jsonl and the report hook."""
-    ctx.stage(i, "eval", lambda: evaluate_iteration(ctx, i, model))
+    run_stage(ctx.rundir, i, "eval", lambda: evaluate_iteration(ctx, i, model))
     ctx.rundir.rebuild_metrics()
     if on_evaluated is not None:
         on_evaluated(ctx.rundir.path)

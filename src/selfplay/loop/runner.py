@@ -26,7 +26,7 @@ def run_stage(rundir: RunDir, i: int, name: str, fn: Callable[[], dict[str, Any]
     summary = fn()
     if not isinstance(summary, dict):
         raise TypeError(f"stage '{name}' of iteration {i} returned {type(summary).__name__}; a stage returns its "
-                        "summary as a dict (it is written to {name}.json)")
+                        f"summary as a dict (it is written to {name}.json)")
     summary.setdefault("seconds", time.perf_counter() - start)  # a stage may time only its own work
     atomic_write_json(summary_path, summary)
     return summary

@@ -8,6 +8,7 @@ a killed run resumes with the problems (or samples) it had not finished.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -172,9 +173,16 @@ def train(
     if removed:
         left_out = set(removed)
         records = [r for r in records if r.id not in left_out]
-    if not records:
+    if (it_dir / "model" / "config.json").is_file():
+        # Killed after the trainer put model/ in place (its last act, atomic) but before this summary.
+        _log(f"{it_dir.name}/train: model/ is already complete; not training again")
+        shutil.rmtree(it_dir / "trainer", ignore_errors=True)  # checkpoints the trainer had not yet removed
+        summary = {"skipped": False, "model": "model", "init_from": str(init_path), "examples": len(records),
+                   "recovered": True, "seconds": 0.0}
+    elif not records:
         _log(f"{it_dir.name}/train: nothing to train on; the model is unchanged this iteration")
-        summary = {"skipped": True, "model": str(fallback_path), "examples": 0, "seconds": 0.0}
+        # Absolute: the fallback may be a path relative to the working directory (output_dir: runs).
+        summary = {"skipped": True, "model": str(Path(fallback_path).resolve()), "examples": 0, "seconds": 0.0}
     else:
         free_memory()  # free the sampling copy before training loads its own
         _log(f"{it_dir.name}/train: {len(records)} examples, starting from {init_path}")
