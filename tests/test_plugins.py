@@ -34,6 +34,20 @@ def _plugin_args(tiny_model, sums_jsonl, tmp_path, **extra):
     }), log, judged
 
 
+def _kill_when_lines(args: list[str], partial, lines: int) -> None:
+    """Start `selfplay run`, SIGKILL it once `partial` holds `lines` whole lines, and wait for it to die."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= lines):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "timed out waiting for the kill point"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_user_recipe_backend_and_batch_verifier_run_through_the_driver(tiny_model, sums_jsonl, tmp_path):
     args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, iterations=2)
     proc = run_cli("run", *args)
@@ -74,16 +88,8 @@ def test_user_recipe_backend_and_task_resume_after_sigkill_without_redoing_or_do
         "task.train_size": 20, "generate.batch_size": 2, "generate.max_new_tokens": 16,
         "generate.options": f"{{log: '{tmp_path / 'backend.log'}', delay: 0.2}}",
     })
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = tmp_path / "t" / "iter-001" / "samples.partial.jsonl"
-    deadline = time.monotonic() + 240
-    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 8):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_when_lines(args, partial, 8)
     kept = partial.read_text().splitlines()
     done = len(kept) // 2  # one problem (2 samples) per batch, each batch appended whole
     calls_before = len(log.read_text().splitlines())
@@ -105,17 +111,9 @@ def test_sigkill_in_a_slow_verify_stage_resumes_with_the_samples_not_yet_judged(
     args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
         "verify.verifier": "tests.plugins:SlowBatchCounter", "verify.batch_size": 2,
     })
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     it = tmp_path / "t" / "iter-001"
     partial = it / "verdicts.partial.jsonl"
-    deadline = time.monotonic() + 240
-    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 4):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_when_lines(args, partial, 4)
     done = partial.read_bytes().count(b"\n")
     batches_before = len(judged.read_text().split())
     resumed = run_cli("resume", str(tmp_path / "t"))
