@@ -182,3 +182,36 @@ def test_an_iteration_that_trains_nothing_keeps_its_model_with_a_relative_run_fo
     assert json.loads((run / "iter-002" / "train.json").read_text())["skipped"]
     assert json.loads((run / "iter-002" / "eval.json").read_text())["model_dir"] == "iter-001/model"
     assert json.loads((run / "iter-003" / "generate.json").read_text())["model"] == "runs/t/iter-001/model"
+
+
+def test_review_of_preference_pairs_shows_both_sides_and_drops_a_rejected_pair(tiny_model, sums_jsonl, tmp_path):
+    args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
+        "review.every": 1, "review.poll_seconds": 0.2, "review.sample_size": 2,
+    })
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    it = tmp_path / "t" / "iter-001"
+    try:
+        deadline = time.monotonic() + 240
+        while not (it / "review.request.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        request = json.loads((it / "review.request.json").read_text())
+        assert request["examples_total"] == 6 and len(request["shown"]) == 2
+        shown = request["shown"][0]
+        pair = next(p for p in read_jsonl(it / "pairs.jsonl") if p["id"] == shown["id"])
+        assert (shown["completion"], shown["rejected"]) == (pair["chosen"], pair["rejected"])
+        assert shown["verdict"]["sample_id"] == pair["chosen_sample_id"]
+        assert shown["rejected_verdict"]["sample_id"] == pair["rejected_sample_id"]
+        text = run_cli("review", str(tmp_path / "t")).stdout
+        assert "rejected:" in text and shown["id"] in text
+        ok = run_cli("approve", str(tmp_path / "t"), "--reject", shown["id"])
+        assert ok.returncode == 0, ok.stderr
+        proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    train = json.loads((it / "train.json").read_text())
+    assert train["examples"] == 5 and train["removed_by_review"] == 1
