@@ -1,0 +1,166 @@
+"""Benchmark: useful new tokens per second of every generation backend, side by side, on the real embedded model.
+
+    python benchmarks/generation.py --quick     # batch 64, k = 8, 128 sequences: a few minutes; ratio on the last line
+    python benchmarks/generation.py             # batches 8/32/64/128, k = 1 and 8, 32 and 128 new tokens
+
+"Useful" tokens are the tokens of finished and unfinished completions, never padding or the rows a backend
+keeps decoding after their end of sequence. Each (backend, setting) runs in a fresh process, so its peak
+memory is its own. The prompts are the default task's (configs/rft-default.yaml: the one-shot exemplar, the
+question and the answer-line instruction, with the chat template), sampled at temperature 0.8, top-p 0.95.
+The FLOP limit is this machine's measured fp32 matmul rate divided by 2 x parameters per new token: the
+decode-only ceiling, which prefill and padding keep any backend under. The full run writes its table into
+docs/BENCHMARKS.md between the `generation` markers; --quick only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.rft import machine, write_section  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Setting:
+    backend: str
+    batch: int
+    k: int
+    max_new_tokens: int
+    problems: int
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """This CPU's fp32 matmul rate, the ceiling every backend's decode works under."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _run(setting: Setting) -> dict:
+    """One setting in this (fresh) process: load, sample, count; the model load is not timed."""
+    from selfplay.cli import _offline_env
+
+    _offline_env()
+
+    from selfplay.config import load_config
+    from selfplay.generation import SamplingParams, build_generator, sample_batches
+    from selfplay.models import placement, resolve_model_path
+    from selfplay.tasks import build_task
+
+    cfg = load_config(ROOT / "configs" / "rft-default.yaml")
+    split = build_task(cfg.task).split()
+    problems = (split.train + split.heldout)[: setting.problems]
+    model_path = resolve_model_path(cfg.model.path)
+    gen = build_generator(setting.backend, model_path, placement("cpu", "float32"), {})
+    params = SamplingParams(setting.k, 0.8, 0.95, setting.max_new_tokens, seed=0)
+    start = time.perf_counter()
+    samples = [s for batch in sample_batches(gen, problems, params, setting.batch, desc=setting.backend)
+               for s in batch]
+    seconds = time.perf_counter() - start
+    gen.close()
+    return {
+        "sequences": len(samples), "tokens": sum(s.num_tokens for s in samples), "seconds": seconds,
+        "finished": sum(s.finish_reason == "stop" for s in samples) / max(1, len(samples)),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+
+
+def run_isolated(setting: Setting) -> dict:
+    """`_run` in a fresh interpreter, so each setting's peak memory and caches are its own."""
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(asdict(setting))],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{setting} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parameters() -> int:
+    """Parameters of the embedded model, read from its safetensors header (tied weights stored once)."""
+    from safetensors import safe_open
+
+    from selfplay.models import resolve_model_path
+
+    with safe_open(resolve_model_path("embedded:smollm2-135m-instruct") / "model.safetensors", "pt") as f:
+        total = 0
+        for key in f.keys():
+            n = 1
+            for dim in f.get_slice(key).get_shape():
+                n *= dim
+            total += n
+    return total
+
+
+def table(settings: list[Setting], results: list[dict], gflops: float, n_params: int) -> str:
+    out = ["| backend | new tokens cap | batch | k | sequences | useful tokens | finished | seconds | useful tok/s "
+           "| ratio to transformers | share of FLOP limit | peak RSS |", "|---" * 12 + "|"]
+    base = {(s.batch, s.k, s.max_new_tokens): r for s, r in zip(settings, results, strict=True)
+            if s.backend == "transformers"}
+    for s, r in zip(settings, results, strict=True):
+        rate = r["tokens"] / r["seconds"]
+        ref = base.get((s.batch, s.k, s.max_new_tokens))
+        ratio = f"{rate / (ref['tokens'] / ref['seconds']):.2f}" if ref else "–"
+        share = f"{rate / (gflops * 1e9 / (2 * n_params)):.1%}"
+        out.append(f"| {s.backend} | {s.max_new_tokens} | {s.batch} | {s.k} | {r['sequences']} | {r['tokens']} "
+                   f"| {r['finished']:.0%} | {r['seconds']:.1f} | {rate:.1f} | {ratio} | {share} "
+                   f"| {r['peak_rss_gb']:.2f} GB |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    from selfplay.generation import GENERATORS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 64, k = 8, 128 sequences; print only")
+    parser.add_argument("--backends", nargs="+", default=sorted(GENERATORS), help="backends to compare")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one setting, as JSON, run by run_isolated
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_run(Setting(**json.loads(args.worker)))))
+        return
+    backends = ["transformers", *[b for b in args.backends if b != "transformers"]]
+    if args.quick:
+        grid = [(64, 8, 32, 16)]
+    else:
+        grid = [(b, k, 32, 128 // k) for k in (1, 8) for b in (8, 32, 64, 128)]
+        grid += [(64, 8, 128, 8), (64, 1, 128, 64)]  # long completions
+    settings = [Setting(name, b, k, m, n) for b, k, m, n in grid for name in backends]
+    gflops, n_params = matmul_gflops(), parameters()
+    results = []
+    for s in settings:
+        results.append(run_isolated(s))
+        r = results[-1]
+        print(f"{s}: {r['tokens']} tokens in {r['seconds']:.1f}s = {r['tokens'] / r['seconds']:.1f} tok/s", flush=True)
+    text = "\n".join([
+        f"### Generation backends side by side ({time.strftime('%Y-%m-%d')})", "",
+        f"Command: `python benchmarks/generation.py{' --quick' if args.quick else ''}`", "",
+        f"Machine: {machine()}; fp32 matmul measured at {gflops:.0f} GFLOP/s, so the decode-only limit for "
+        f"{n_params / 1e6:.0f}M parameters is {gflops * 1e9 / (2 * n_params):.0f} new tokens/s.", "",
+        table(settings, results, gflops, n_params),
+    ])
+    print(text)
+    if not args.quick and not args.no_write:
+        write_section(text, "generation")
+    rates = {s.backend: r["tokens"] / r["seconds"] for s, r in zip(settings, results, strict=True)
+             if (s.batch, s.k, s.max_new_tokens) == (64, 8, 32)}
+    fastest = max(rates, key=rates.__getitem__)
+    print(f"ratio at batch 64, k 8: {fastest} / transformers = {rates[fastest] / rates['transformers']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
