@@ -73,7 +73,7 @@ def resume(run_path: Path | str, overrides: list[str] = (), allow_change: bool =
 def evaluate_model(
     cfg: configlib.RunConfig, model: str, out: Path | None = None, split_from: Path | None = None
 ) -> tuple[dict[str, Any], Path]:
-    """Held-out greedy accuracy and pass@k of `model` on the config's task, with samples written under `out`.
+    """Held-out greedy accuracy and pass@k of `model` on the config's task: eval.json's contents, and the folder.
 
     `split_from` names a run folder whose frozen held-out split is used; otherwise the task is split afresh.
     """
@@ -101,10 +101,10 @@ def evaluate_model(
         start = time.perf_counter()
         m = measure(pool.generator(model_path), problems.heldout, verifier, cfg.eval, cfg.seed, "eval")
         write_verdicts(eval_dir / "eval_samples.jsonl", m.greedy, m.greedy_verdicts)
-        atomic_write_json(eval_dir / "eval.json", {"model": str(model_path), "metrics": m.metrics,
-                                                   "seconds": time.perf_counter() - start})
+        result = {"model": str(model_path), "metrics": m.metrics, "seconds": time.perf_counter() - start}
+        atomic_write_json(eval_dir / "eval.json", result)
     finally:
         if pool is not None:
             pool.release()
         rundir.unlock()
-    return m.metrics, eval_dir
+    return result, eval_dir

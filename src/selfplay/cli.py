@@ -73,9 +73,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = configlib.load_config(Path(args.config) if args.config else None, overrides)
     # A run's own config.yaml brings the run's frozen held-out split; otherwise split afresh.
     split_from = Path(args.config).parent if args.config else None
-    metrics, eval_dir = api.evaluate_model(cfg, args.model, Path(args.out) if args.out else None, split_from)
-    model = str(api.resolve_model_path(args.model))
-    print(json.dumps({"model": model, "task": cfg.task.label, **metrics}, indent=2))
+    result, eval_dir = api.evaluate_model(cfg, args.model, Path(args.out) if args.out else None, split_from)
+    print(json.dumps({"model": result["model"], "task": cfg.task.label, **result["metrics"]}, indent=2))
     print(f"Samples and verdicts: {eval_dir}", file=sys.stderr)
     return 0
 

@@ -30,7 +30,7 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
-    """What a backend returns for one sample; `generation.sample` turns it into a Sample with its id."""
+    """What a backend returns for one sample; `generation.sample_batches` turns it into a Sample with its id."""
 
     text: str
     num_tokens: int

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import RunConfig
-from selfplay.files import read_jsonl
 from selfplay.generation import build_generator
 from selfplay.guards.contamination import ContaminationIndex, build_index
 from selfplay.interfaces import Generator, SamplingParams, Task, Trainer
 from selfplay.loop import review, stages
-from selfplay.loop.rundir import STAGES, RunDir
+from selfplay.loop.rundir import STAGES, RunDir, load_records
 from selfplay.loop.runner import run_stage
 from selfplay.models import Placement, resolve_model_path
 from selfplay.records import Problem
@@ -122,7 +121,7 @@ class RunContext:
         for j in range(i):
             fresh = self.rundir.iter_dir(j) / "fresh_problems.jsonl"
             if fresh.is_file():
-                items += [(p["id"], Problem(**p).question) for p in read_jsonl(fresh)]
+                items += [(p.id, p.question) for p in load_records(fresh, Problem)]
         return build_index(items, self.cfg.guards.contamination_n)
 
     # -- the stages, for recipes -----------------------------------------------------------------

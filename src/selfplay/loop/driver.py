@@ -8,7 +8,6 @@ rules. It knows recipes only as a callable and the report only as a hook, both h
 
 from __future__ import annotations
 
-import errno
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay import config as configlib
-from selfplay.errors import UserError, WriteError
+from selfplay.errors import UserError, WriteError, write_failure
 from selfplay.files import atomic_write_jsonl
 from selfplay.interfaces import Recipe
 from selfplay.loop.context import ControlSet, ModelPool, RunContext, RunModels
@@ -30,9 +29,6 @@ from selfplay.records import Problem, to_dict
 from selfplay.results import Decision
 from selfplay.tasks import build_control, build_task, control_task
 from selfplay.verifiers import build_verifier
-
-# Write errors a user fixes on their side (space, quota, a read-only disk): one line, then `selfplay resume`.
-_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @dataclass
@@ -180,9 +176,8 @@ def execute(
             print(f"\nStopped. Finished stages are kept; continue with: selfplay resume {ctx.rundir.path}", flush=True)
         if isinstance(e, WriteError):
             raise UserError(f"{e}, then resume the run: selfplay resume {ctx.rundir.path}") from None
-        if isinstance(e, OSError) and e.errno in _FIXABLE:
-            where = f"{e.filename}: " if e.filename else ""
-            raise UserError(f"{where}cannot write ({e.strerror}); free some space, then resume the run: "
+        if isinstance(e, OSError) and write_failure(e) is not None:
+            raise UserError(f"{WriteError(e.filename or ctx.rundir.path, e)}, then resume the run: "
                             f"selfplay resume {ctx.rundir.path}") from None
         raise
     finally:

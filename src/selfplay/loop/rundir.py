@@ -79,7 +79,7 @@ class RunDir:
         if i == 0 and base is not None:
             return base
         it_dir = self.iter_dir(i)
-        evaluated = read_json(it_dir / "eval.json").get("model_dir") if (it_dir / "eval.json").is_file() else None
+        evaluated = Evaluation.load(it_dir / "eval.json", i).model_dir if (it_dir / "eval.json").is_file() else None
         if evaluated:
             path = Path(evaluated)
             return path if path.is_absolute() else self.path / path
@@ -89,13 +89,18 @@ class RunDir:
         path = Path(read_json(it_dir / "train.json")["model"])
         return path if path.is_absolute() else it_dir / path
 
-    def train_records(self, i: int) -> list[Example | Pair] | None:
-        """The training records the filter stage of iteration `i` wrote (Examples or Pairs); None before it ran."""
+    def train_file(self, i: int) -> tuple[Path, type] | None:
+        """The training-record file the filter stage of iteration `i` wrote and its record type; None before it ran."""
         for cls, name in TRAIN_FILES.items():
             path = self.iter_dir(i) / name
             if path.is_file():
-                return load_records(path, cls)
+                return path, cls
         return None
+
+    def train_records(self, i: int) -> list[Example | Pair] | None:
+        """The training records the filter stage of iteration `i` wrote (Examples or Pairs); None before it ran."""
+        found = self.train_file(i)
+        return load_records(*found) if found else None
 
     @property
     def config_path(self) -> Path:

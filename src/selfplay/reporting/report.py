@@ -217,7 +217,7 @@ def _short_model(model: str, run_path: Path) -> str:
 
 def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
     """Training records traced back: problem -> sample -> verdict -> iteration and model."""
-    trained = [i for i in sorted(evals) if i > 0 and rundir.train_records(i) is not None]
+    trained = [i for i in sorted(evals) if i > 0 and rundir.train_file(i) is not None]
     if not trained:
         return "<p>No training data yet.</p>"
     i = trained[-1]
@@ -226,7 +226,8 @@ def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
     problems = {p.id: p for p in load_records(train_path, Problem)} if train_path.is_file() else {}
     samples = {s["id"]: s for s in read_jsonl(it_dir / "samples.jsonl")}
     verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
-    records = rundir.train_records(i) or []
+    path, cls = rundir.train_file(i)
+    records = load_records(path, cls)
     rows = []
     for rec in records[:LINEAGE_ROWS]:
         p = problems.get(rec.problem_id)
@@ -240,10 +241,9 @@ def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
             )) + f"<td><pre>{_esc(text)}</pre></td></tr>")
     head = ("problem", "question", "reference", "sample", "answer", "score", "verifier", "iteration", "sampled by",
             "completion (trained on)")
-    name = next(f for f in ("train.jsonl", "pairs.jsonl") if (it_dir / f).is_file())
     shown = min(len(records), LINEAGE_ROWS)
     return (f"<p>Iteration {i}: the first {shown} of {len(records)} training records "
-            f"(<code>{_esc(it_dir / name)}</code>).</p><table><tr>"
+            f"(<code>{_esc(path)}</code>).</p><table><tr>"
             + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
 
 
