@@ -29,6 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.rft import machine, write_section  # noqa: E402
 
+# Variants of a backend, named `backend-variant` on the command line: its generate.options, and module constants
+# of selfplay.generation.continuous set in the worker (the ablations that show each step's gain).
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "continuous-int8": ("continuous", {"quantize": "int8"}, {}),
+    "continuous-noprefix": ("continuous", {}, {"MIN_PREFIX": 10**9}),  # every prompt prefilled whole
+    "continuous-fullsort": ("continuous", {}, {"TOP_CANDIDATES": 10**9}),  # top-p sorts the vocabulary
+}
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -66,7 +74,12 @@ def _run(setting: Setting) -> dict:
     split = build_task(cfg.task).split()
     problems = (split.train + split.heldout)[: setting.problems]
     model_path = resolve_model_path(cfg.model.path)
-    gen = build_generator(setting.backend, model_path, placement("cpu", "float32"), {})
+    backend, options, constants = VARIANTS.get(setting.backend, (setting.backend, {}, {}))
+    import selfplay.generation.continuous as continuous
+
+    for name, value in constants.items():
+        setattr(continuous, name, value)
+    gen = build_generator(backend, model_path, placement("cpu", "float32"), options)
     params = SamplingParams(setting.k, 0.8, 0.95, setting.max_new_tokens, seed=0)
     start = time.perf_counter()
     samples = [s for batch in sample_batches(gen, problems, params, setting.batch, desc=setting.backend)
@@ -126,7 +139,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 64, k = 8, 128 sequences; print only")
-    parser.add_argument("--backends", nargs="+", default=sorted(GENERATORS), help="backends to compare")
+    cpu = sorted(b for b in GENERATORS if b != "vllm")
+    parser.add_argument("--backends", nargs="+", default=cpu, choices=cpu + sorted(VARIANTS),
+                        help="backends to compare (transformers always runs); variants: " + ", ".join(VARIANTS))
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run the variants at batch 64 (int8 runs at every setting in the full grid)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one setting, as JSON, run by run_isolated
     args = parser.parse_args()
@@ -140,6 +157,11 @@ def main() -> None:
         grid = [(b, k, 32, 128 // k) for k in (1, 8) for b in (8, 32, 64, 128)]
         grid += [(64, 8, 128, 8), (64, 1, 128, 64)]  # long completions
     settings = [Setting(name, b, k, m, n) for b, k, m, n in grid for name in backends]
+    if args.ablations:
+        settings += [Setting(name, b, k, m, n) for b, k, m, n in grid for name in VARIANTS
+                     if name not in backends and (b == 64 or name == "continuous-int8")]
+    rank = {name: i for i, name in enumerate([*backends, *VARIANTS])}
+    settings.sort(key=lambda s: (s.max_new_tokens, s.k, s.batch, rank[s.backend]))
     gflops, n_params = matmul_gflops(), parameters()
     results = []
     for s in settings:
@@ -148,7 +170,8 @@ def main() -> None:
         print(f"{s}: {r['tokens']} tokens in {r['seconds']:.1f}s = {r['tokens'] / r['seconds']:.1f} tok/s", flush=True)
     text = "\n".join([
         f"### Generation backends side by side ({time.strftime('%Y-%m-%d')})", "",
-        f"Command: `python benchmarks/generation.py{' --quick' if args.quick else ''}`", "",
+        f"Command: `python benchmarks/generation.py{' --quick' if args.quick else ''}"
+        f"{' --ablations' if args.ablations else ''}`", "",
         f"Machine: {machine()}; fp32 matmul measured at {gflops:.0f} GFLOP/s, so the decode-only limit for "
         f"{n_params / 1e6:.0f}M parameters is {gflops * 1e9 / (2 * n_params):.0f} new tokens/s.", "",
         table(settings, results, gflops, n_params),

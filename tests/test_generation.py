@@ -65,5 +65,5 @@ def test_backend_options_it_does_not_take_are_one_clear_error(tiny_model):
         build_generator("transformers", tiny_model, WHERE, {"tensor_parallel": 2})
     with pytest.raises(UserError, match="generate.options: .*does not accept"):
         build_generator("tests.plugins:recording_backend", tiny_model, WHERE, {"bogus": 1})
-    with pytest.raises(UserError, match="generate.backend: unknown 'vllm'"):
-        build_generator("vllm", tiny_model, WHERE, {})
+    with pytest.raises(UserError, match="generate.backend: unknown 'sglang'"):
+        build_generator("sglang", tiny_model, WHERE, {})

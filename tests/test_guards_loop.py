@@ -65,7 +65,7 @@ def test_planted_reward_hack_trips_the_alarm_and_can_stop_the_run(tiny_model, su
     run = tmp_path / "t"
     guard = _eval(run, 0)["guards"]["reward_hacking"]
     assert guard["status"] == "alarm" and guard["proxy"] == "length-proxy" and guard["gold"] == "math"
-    assert guard["heldout"]["proxy_pass_rate"] == 1.0 and guard["heldout"]["gold_pass_rate"] == 0.0
+    assert guard["heldout"]["proxy_pass_rate"] == 1.0 and guard["heldout"]["gold_pass_rate"] <= 0.25
     assert "ALARM reward_hacking" in out and "Stopped after iteration 0" in out
     assert not (run / "iter-001").exists()  # stopped before training on the hacked proxy
     state = json.loads((run / "state.json").read_text())

@@ -107,7 +107,10 @@ class SamplingSection(_Section):
 
 
 class GenerateConfig(SamplingSection):
-    backend: str = Field("transformers", description="Generation backend: 'transformers' or a factory 'module:attr'.")
+    backend: str = Field(
+        "continuous",
+        description="Generation backend: 'continuous' (default), 'transformers', 'vllm' or a factory 'module:attr'.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Settings passed to the backend's factory as keyword arguments."
     )

@@ -16,19 +16,36 @@ from selfplay.models import Placement, load_model, load_tokenizer
 from selfplay.records import Problem
 
 
+def stop_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a completion: the generation config's end-of-sequence ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos_ids = eos if isinstance(eos, list) else [eos]
+    return {i for i in eos_ids + [tokenizer.eos_token_id] if i is not None}
+
+
+def encode_prompts(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
+    """Each problem's turns through the chat template, as token ids (the template carries its special tokens)."""
+    texts = [tokenizer.apply_chat_template(p.chat(), add_generation_prompt=True, tokenize=False) for p in problems]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def to_completion(tokenizer, seq: list[int], stops: set[int]) -> Completion:
+    """New tokens up to (not including) the first stop token; 'length' when none came."""
+    stop = next((j for j, t in enumerate(seq) if t in stops), None)
+    n_tok = len(seq) if stop is None else stop
+    return Completion(tokenizer.decode(seq[:n_tok], skip_special_tokens=True), n_tok,
+                      "length" if stop is None else "stop")
+
+
 class TransformersGenerator:
     def __init__(self, model, tokenizer, model_name: str):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        eos = model.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos]
-        self.stop_ids = {i for i in eos_ids + [tokenizer.eos_token_id] if i is not None}
+        self.stop_ids = stop_ids(model, tokenizer)
 
     def _encode(self, problems: Sequence[Problem]) -> list[list[int]]:
-        texts = [self.tokenizer.apply_chat_template(p.chat(), add_generation_prompt=True, tokenize=False)
-                 for p in problems]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode_prompts(self.tokenizer, problems)
 
     def _run(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         """One generate() call on left-padded prompts; returns only the new tokens of each sequence."""
@@ -52,10 +69,7 @@ class TransformersGenerator:
         return out[:, width:].tolist()
 
     def _completion(self, seq: list[int]) -> Completion:
-        stop = next((j for j, t in enumerate(seq) if t in self.stop_ids), None)
-        n_tok = len(seq) if stop is None else stop
-        text = self.tokenizer.decode(seq[:n_tok], skip_special_tokens=True)
-        return Completion(text, n_tok, "length" if stop is None else "stop")
+        return to_completion(self.tokenizer, seq, self.stop_ids)
 
     def generate(
         self, problems: Sequence[Problem], params: SamplingParams, batch_size: int
