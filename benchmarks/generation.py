@@ -2,6 +2,8 @@
 
     python benchmarks/generation.py --quick     # batch 64, k = 8, 128 sequences: a few minutes; ratio on the last line
     python benchmarks/generation.py             # batches 8/32/64/128, k = 1 and 8, 32 and 128 new tokens
+    python benchmarks/generation.py --ablations # ... and int8 everywhere, and each step of continuous left out
+    python benchmarks/generation.py --default-job   # `make run`'s job with each backend (about 35 min)
 
 "Useful" tokens are the tokens of finished and unfinished completions, never padding or the rows a backend
 keeps decoding after their end of sequence. Each (backend, setting) runs in a fresh process, so its peak
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.rft import machine, write_section  # noqa: E402
 
+DEFAULT = "continuous"
 # Variants of a backend, named `backend-variant` on the command line: its generate.options, and module constants
 # of selfplay.generation.continuous set in the worker (the ablations that show each step's gain).
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
@@ -102,6 +105,44 @@ def run_isolated(setting: Setting) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def default_job(backends: list[str]) -> str:
+    """The default job (configs/rft-default.yaml) run to the end with each backend, one after the other."""
+    import tempfile
+
+    from selfplay.loop.rundir import RunDir
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-default-") as tmp:
+        for backend in backends:
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "selfplay", "run", str(ROOT / "configs" / "rft-default.yaml"),
+                                   f"name={backend}", f"output_dir={tmp}", f"generate.backend={backend}"],
+                                  capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"the default job with {backend} failed:\n{proc.stderr[-3000:]}")
+            metrics = RunDir(Path(tmp) / backend).collect_metrics()
+            staged = {stage: sum(m["seconds"].get(stage) or 0 for m in metrics)
+                      for stage in ("generate", "train", "eval")}
+            rows.append((backend, wall, staged, [m["greedy_accuracy"] for m in metrics],
+                         [m.get("pass@4", 0) for m in metrics]))
+            print(f"default job with {backend}: {wall:.0f} s", flush=True)
+    out = ["| backend | wall time | generate s | eval s | train s | outside the stages | greedy accuracy by iteration "
+           "| pass@4 by iteration |", "|---" * 8 + "|"]
+    for backend, wall, staged, greedy, pass4 in rows:
+        rest = wall - sum(staged.values())
+        greedy_text, pass_text = (" → ".join(f"{x:.0%}" for x in xs) for xs in (greedy, pass4))
+        out.append(f"| {backend} | {wall:.0f} s ({wall / 60:.1f} min) | {staged['generate']:.0f} "
+                   f"| {staged['eval']:.0f} | {staged['train']:.0f} | {rest:.0f} s ({rest / wall:.1%}) "
+                   f"| {greedy_text} | {pass_text} |")
+    return "\n".join([
+        f"### The default job with each backend ({time.strftime('%Y-%m-%d')})", "",
+        "Command: `python benchmarks/generation.py --default-job` (each run: `selfplay run configs/rft-default.yaml "
+        "generate.backend=B`, in a fresh process; the wall time includes starting Python and loading models)", "",
+        f"Machine: {machine()}.", "", *out,
+    ])
+
+
 def parameters() -> int:
     """Parameters of the embedded model, read from its safetensors header (tied weights stored once)."""
     from safetensors import safe_open
@@ -144,6 +185,8 @@ def main() -> None:
                         help="backends to compare (transformers always runs); variants: " + ", ".join(VARIANTS))
     parser.add_argument("--ablations", action="store_true",
                         help="also run the variants at batch 64 (int8 runs at every setting in the full grid)")
+    parser.add_argument("--default-job", action="store_true",
+                        help="run the default job with transformers and continuous instead (about 35 min)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one setting, as JSON, run by run_isolated
     args = parser.parse_args()
@@ -151,6 +194,12 @@ def main() -> None:
         print(json.dumps(_run(Setting(**json.loads(args.worker)))))
         return
     backends = ["transformers", *[b for b in args.backends if b != "transformers"]]
+    if args.default_job:
+        text = default_job([b for b in backends if b not in VARIANTS])
+        print(text)
+        if not args.no_write:
+            write_section(text, "default-job")
+        return
     if args.quick:
         grid = [(64, 8, 32, 16)]
     else:
@@ -181,8 +230,11 @@ def main() -> None:
         write_section(text, "generation")
     rates = {s.backend: r["tokens"] / r["seconds"] for s, r in zip(settings, results, strict=True)
              if (s.batch, s.k, s.max_new_tokens) == (64, 8, 32)}
-    fastest = max(rates, key=rates.__getitem__)
-    print(f"ratio at batch 64, k 8: {fastest} / transformers = {rates[fastest] / rates['transformers']:.2f}")
+    for name in rates:
+        if name not in ("transformers", DEFAULT):
+            print(f"ratio at batch 64, k 8: {name} / transformers = {rates[name] / rates['transformers']:.2f}")
+    if DEFAULT in rates:  # the default backend (greedy output equal to generate's) last, as the headline
+        print(f"ratio at batch 64, k 8: {DEFAULT} / transformers = {rates[DEFAULT] / rates['transformers']:.2f}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,9 @@ class SamplingSection(_Section):
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Cap on generated tokens per completion.")
-    batch_size: int = Field(64, ge=1, description="Sequences per batch sent to the backend.")
+    batch_size: int = Field(
+        64, ge=1, description="Sequences decoded at once (the continuous backend's rows; a generate() call's batch)."
+    )
 
     def params(self, n: int, seed: int, greedy: bool = False) -> SamplingParams:
         if greedy:

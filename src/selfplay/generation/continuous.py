@@ -94,7 +94,7 @@ class _Prefix:
 
 @dataclass
 class _Row:
-    """One sample being decoded: which problem and sample, its new tokens, and its cache length."""
+    """One sample being decoded: which problem and which of its samples, and the new tokens so far."""
 
     problem: int
     sample: int
@@ -103,13 +103,10 @@ class _Row:
 
 class ContinuousGenerator:
     def __init__(self, model, tokenizer, model_name: str):
-        import torch
-
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.stop_ids = stop_ids(model, tokenizer)
-        self._stop = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=model.device)
         module = importlib.import_module(type(model).__module__)
         self._rotate = module.apply_rotary_pos_emb
         self._layers = model.model.layers
