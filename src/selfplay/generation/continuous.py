@@ -106,7 +106,7 @@ class ContinuousGenerator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.stop_ids = stop_ids(model, tokenizer)
+        self.stop_ids = stop_ids(model.generation_config, tokenizer)
         module = importlib.import_module(type(model).__module__)
         self._rotate = module.apply_rotary_pos_emb
         self._layers = model.model.layers
@@ -253,8 +253,7 @@ class ContinuousGenerator:
         lengths = torch.zeros(rows_max, dtype=torch.long, device=device)
         last = torch.zeros(rows_max, dtype=torch.long, device=device)
         done: dict[int, list[Completion | None]] = {}
-        store: dict[int, _Prompt] = {}  # prefilled prompts that still have samples waiting
-        unadmitted = {i: params.n for i in range(len(problems))}
+        store: dict[int, _Prompt] = {}  # the prefilled prompt whose samples are still waiting, if any
 
         def finished(row: _Row) -> bool:
             return row.tokens[-1] in self.stop_ids or len(row.tokens) >= params.max_new_tokens
@@ -268,11 +267,11 @@ class ContinuousGenerator:
             while waiting or rows:
                 if waiting and len(rows) < rows_max:
                     admitted = [waiting.popleft() for _ in range(min(rows_max - len(rows), len(waiting)))]
-                    new = [i for i in dict.fromkeys(i for i, _ in admitted) if i not in store]
-                    for chunk in self._chunks(new, prompts):
+                    problems_in = list(dict.fromkeys(i for i, _ in admitted))
+                    for chunk in self._chunks([i for i in problems_in if i not in store], prompts):
                         store.update(zip(chunk, self._prefill([prompts[i] for i in chunk], prefix), strict=True))
                     base = len(rows)
-                    for i in dict.fromkeys(i for i, _ in admitted):  # copy each prompt's cache into its rows
+                    for i in problems_in:  # copy each prompt's cache into its rows
                         slots = [base + r for r, (p, _) in enumerate(admitted) if p == i]
                         for (k_cache, v_cache), (k, v) in zip(cache, store[i].layers, strict=True):
                             k_cache[slots, :, : k.shape[1]] = k
@@ -282,10 +281,8 @@ class ContinuousGenerator:
                     first = self._choose(torch.stack([store[i].logits for i, _ in admitted]), params, rng)
                     last[base : base + len(admitted)] = first
                     rows.extend(_Row(i, j, [t]) for (i, j), t in zip(admitted, first.tolist(), strict=True))
-                    for i, _ in admitted:
-                        unadmitted[i] -= 1
-                        if not unadmitted[i]:
-                            store.pop(i, None)
+                    # a problem's samples wait together, so only the one at the head of the queue is kept
+                    store = {i: s for i, s in store.items() if waiting and waiting[0][0] == i}
                     rows = self._retire(rows, lengths, last, cache, finished, complete)
                 if rows:
                     n = len(rows)

@@ -16,9 +16,9 @@ from selfplay.models import Placement, load_model, load_tokenizer
 from selfplay.records import Problem
 
 
-def stop_ids(model, tokenizer) -> set[int]:
+def stop_ids(generation_config, tokenizer) -> set[int]:
     """The tokens that end a completion: the generation config's end-of-sequence ids and the tokenizer's."""
-    eos = model.generation_config.eos_token_id
+    eos = generation_config.eos_token_id
     eos_ids = eos if isinstance(eos, list) else [eos]
     return {i for i in eos_ids + [tokenizer.eos_token_id] if i is not None}
 
@@ -42,7 +42,7 @@ class TransformersGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.stop_ids = stop_ids(model, tokenizer)
+        self.stop_ids = stop_ids(model.generation_config, tokenizer)
 
     def _encode(self, problems: Sequence[Problem]) -> list[list[int]]:
         return encode_prompts(self.tokenizer, problems)
@@ -68,9 +68,6 @@ class TransformersGenerator:
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         return out[:, width:].tolist()
 
-    def _completion(self, seq: list[int]) -> Completion:
-        return to_completion(self.tokenizer, seq, self.stop_ids)
-
     def generate(
         self, problems: Sequence[Problem], params: SamplingParams, batch_size: int
     ) -> Iterator[list[tuple[Problem, list[Completion]]]]:
@@ -88,7 +85,8 @@ class TransformersGenerator:
             idx = order[b : b + per_batch]
             new = self._run([encoded[i] for i in idx], params)
             yield [
-                (problems[i], [self._completion(seq) for seq in new[row * params.n : (row + 1) * params.n]])
+                (problems[i], [to_completion(self.tokenizer, seq, self.stop_ids)
+                               for seq in new[row * params.n : (row + 1) * params.n]])
                 for row, i in enumerate(idx)
             ]
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.generation.hf import encode_prompts, to_completion
+from selfplay.generation.hf import encode_prompts, stop_ids, to_completion
 from selfplay.interfaces import Completion, SamplingParams
 from selfplay.models import Placement, load_tokenizer
 from selfplay.records import Problem
@@ -83,9 +83,7 @@ def stop_token_ids(model_path: Path, tokenizer: Any) -> set[int]:
         config = GenerationConfig.from_pretrained(model_path)
     except OSError:  # no generation_config.json: from_pretrained derives one from config.json the same way
         config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
-    eos = config.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
-    return {i for i in [*ids, tokenizer.eos_token_id] if i is not None}
+    return stop_ids(config, tokenizer)
 
 
 class VllmGenerator:
@@ -123,10 +121,6 @@ class VllmGenerator:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], requests, use_tqdm=False)
         return [list(out.outputs[0].token_ids) for out in outputs]
 
-    def _completion(self, seq: list[int]) -> Completion:
-        """Cut at the first stop id, as the transformers backend does (vLLM returns the stop token itself)."""
-        return to_completion(self.tokenizer, seq, self.stop_ids)
-
     def generate(
         self, problems: Sequence[Problem], params: SamplingParams, batch_size: int
     ) -> Iterator[list[tuple[Problem, list[Completion]]]]:
@@ -146,7 +140,8 @@ class VllmGenerator:
             seeds = [sample_seed(params.seed, problems[i].id, k) for i in idx for k in range(n)]
             new = self._sample(prompts, params, seeds)
             yield [
-                (problems[i], [self._completion(seq) for seq in new[row * n : (row + 1) * n]])
+                (problems[i], [to_completion(self.tokenizer, seq, self.stop_ids)
+                               for seq in new[row * n : (row + 1) * n]])
                 for row, i in enumerate(idx)
             ]
 
@@ -204,7 +199,7 @@ def vllm_backend(model_path: Path, where: Placement, **options: Any) -> VllmGene
 
     options.setdefault("dtype", str(where.dtype).removeprefix("torch."))
     tokenizer = load_tokenizer(model_path)
-    stop_ids = stop_token_ids(model_path, tokenizer)
+    stops = stop_token_ids(model_path, tokenizer)
     owns_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     llm = LLM(model=str(model_path), **options)
-    return VllmGenerator(llm, tokenizer, stop_ids, str(model_path), owns_dist)
+    return VllmGenerator(llm, tokenizer, stops, str(model_path), owns_dist)
