@@ -50,6 +50,51 @@ def test_contamination_checks_the_question_not_the_shared_exemplar():
     assert not clean and dropped[0]["overlaps"] == "held-1"
 
 
+LOWERCASE = ("Your entire response should be in English, and in all lowercase letters. No capital letters are "
+             "allowed.")
+HTML_TAIL = "<div class='hint'><p>Show your working, then give the final answer on its own line.</p></div>"
+
+
+def test_boilerplate_shared_by_evaluation_items_is_not_a_leak_but_a_real_overlap_still_is():
+    # Held-out instruction prompts share an 18-word constraint sentence; training prompts carry it too.
+    heldout = [("h1", f"Write a haiku about the first snow over a quiet harbour town. {LOWERCASE}"),
+               ("h2", f"Describe your favourite breakfast to a friend who lives abroad. {LOWERCASE}"),
+               ("h3", "Write a limerick about a tortoise who wants to win a race against the wind.")]
+    index = build_index(heldout, n=13)
+    assert index.boilerplate > 0
+    train = {"t1": f"Write a shopping list for a picnic by the river. {LOWERCASE}",
+             "t2": f"Write a haiku about the first snow over a quiet harbour town. {LOWERCASE} Use three lines."}
+    examples = [_example(0, "t1", "apples, bread and cheese"), _example(0, "t2", "snow falls softly")]
+    clean, dropped = split_contaminated(examples, train, index)
+    # t1 only shares the template; t2 leaks held-out request h1 (its own words, not the shared sentence).
+    assert [e.problem_id for e in clean] == ["t1"] and dropped[0]["overlaps"] == "h1"
+    # A model-written completion that copies a held-out request is caught the same way.
+    copied = _example(1, "t1", "Here is a limerick about a tortoise who wants to win a race against the wind!")
+    assert split_contaminated([copied], train, index)[1][0]["overlaps"] == "h3"
+    # With the rule off, the shared sentence drops every training example, as it did before.
+    strict = build_index(heldout, n=13, boilerplate=0)
+    assert len(split_contaminated(examples, train, strict)[1]) == 2
+
+
+def test_a_jsonl_task_whose_questions_share_an_html_tail_keeps_its_training_set(tmp_path):
+    from selfplay.config import TaskConfig
+    from selfplay.tasks import build_task
+    from tests.conftest import write_jsonl
+
+    rows = [{"prompt": f"A train leaves at {h}:00 and travels {h * 7 + 3} km at {h + 40} km/h. When does it arrive? "
+                         f"{HTML_TAIL}", "answer": str(h)} for h in range(1, 41)]
+    task = build_task(TaskConfig(source="jsonl", path=str(write_jsonl(tmp_path / "t.jsonl", rows)), train_size=20,
+                                 eval_size=19, one_shot=True))
+    split = task.split()
+    index = build_index([(p.id, p.question) for p in split.heldout], n=13)
+    examples = [_example(0, p.id, "It arrives at noon.") for p in split.train]
+    clean, dropped = split_contaminated(examples, {p.id: p.question for p in split.train}, index)
+    assert len(clean) == 20 and not dropped
+    leak = _example(1, split.train[0].id, f"As in: {split.heldout[3].question}")
+    assert split_contaminated([leak], {p.id: p.question for p in split.train}, index)[1][0]["overlaps"] == (
+        split.heldout[3].id)
+
+
 # -- mode collapse ----------------------------------------------------------------------------
 
 def _samples(texts: list[str], per_problem: int) -> list[Sample]:

@@ -122,8 +122,8 @@ class GenerateConfig(SamplingSection):
 class VerifyConfig(_Section):
     verifier: str = Field(
         "auto",
-        description="'auto' (the task's own checker), 'reasoning_gym', 'math', 'contains', or a user's factory "
-        "'module:attr', called as factory(options, run).",
+        description="'auto' (the task's own checker), 'reasoning_gym', 'math', 'contains', 'ifeval', 'judge' (an "
+        "LLM judge, set in the judge: section), or a user's factory 'module:attr', called as factory(options, run).",
     )
     strict_format: bool = Field(
         False, description="Accept only an 'Answer:' line or \\boxed{}; else also 'the answer is X' or the last number."
@@ -160,6 +160,17 @@ class TrainConfig(_Section):
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
     checkpoint_every: int = Field(20, ge=1, description="Save a resumable trainer checkpoint every N steps.")
+    # Preference training (DPO), used by recipes that train on chosen/rejected pairs.
+    beta: float = Field(0.1, gt=0.0, description="DPO: how far the policy may move from the reference model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="DPO loss: 'sigmoid' (the DPO paper), 'ipo' or 'hinge'."
+    )
+    max_prompt_length: int = Field(
+        192, ge=1, description="DPO: prompts longer than this many tokens keep their last tokens."
+    )
+    max_completion_length: int = Field(
+        256, ge=1, description="DPO: chosen and rejected completions are cut to this many tokens."
+    )
 
 
 class EvalConfig(SamplingSection):
@@ -220,6 +231,10 @@ class GuardsConfig(_Section):
         13, ge=1, description="n of the n-gram overlap test between training examples and evaluation prompts "
         "(words; an evaluation question shorter than n counts whole).",
     )
+    contamination_boilerplate: int = Field(
+        2, ge=0, description="An n-gram found in this many distinct evaluation items is template text (a shared "
+        "instruction, a constraint sentence) and is not evidence of a leak (0: every n-gram counts).",
+    )
     gold_verifier: str | None = Field(
         "auto", description="Gold checker for the reward-hacking audit: 'auto' (the task's own), a verifier name, "
         "or null (off). The audit compares it with verify.verifier, the score the run trains on.",
@@ -254,6 +269,34 @@ class GuardsConfig(_Section):
     stop_on_alarm: bool = Field(False, description="Stop the run when any guard raises an alarm (else warn).")
 
 
+class JudgeConfig(_Section):
+    """The LLM judge that scores candidates when the recipe has no checker (Self-Rewarding)."""
+
+    model: str = Field(
+        "current", description="Who judges: 'current' (the model being trained, as in the paper), 'base' (the "
+        "frozen starting model) or a model folder.",
+    )
+    mode: Literal["constrained", "generate"] = Field(
+        "constrained", description="'constrained': force 'Score: ' and take the expected digit from the model's "
+        "probabilities of 1-5; 'generate': let the judge write and parse its last 'Score: N' line.",
+    )
+    samples: int = Field(3, ge=1, description="Judgements averaged per response ('generate' mode).")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of the judge ('generate' mode).")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus threshold of the judge ('generate' mode).")
+    max_new_tokens: int = Field(160, ge=1, description="Tokens a judgement may use ('generate' mode).")
+    retries: int = Field(1, ge=0, description="Extra tries for a judgement with no valid score ('generate' mode).")
+    template: str | None = Field(
+        None, description="A rubric template file with {prompt}, {response}, {fence_open}, {fence_close} slots "
+        "(null: the Self-Rewarding paper's additive 5-point rubric).",
+    )
+    neutralize: bool = Field(
+        True, description="Blank score-like text ('Score: 5', '5/5', 'award 5 points') in the judged response "
+        "before the judge reads it.",
+    )
+    pass_score: float = Field(4.0, ge=0.0, le=5.0, description="A response scored at least this counts as passed.")
+    batch_size: int = Field(32, ge=1, description="Judge prompts decoded or scored at once.")
+
+
 class ReviewConfig(_Section):
     every: int = Field(0, ge=0, description="Pause after the filter stage of every Nth iteration for review (0: off).")
     sample_size: int = Field(20, ge=1, description="Training examples shown to the reviewer.")
@@ -264,7 +307,8 @@ class RunConfig(_Section):
     name: str = Field("rft-default", description="Run name: its folder is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Folder that holds run folders.")
     recipe: str = Field(
-        "rft", description="What one iteration does: 'rft' (rejection-sampling fine-tuning) or a user's 'module:attr'."
+        "rft", description="What one iteration does: 'rft' (rejection-sampling fine-tuning), 'self_rewarding' "
+        "(own judge, best-vs-worst pairs, DPO) or a user's 'module:attr'."
     )
     iterations: int = Field(2, ge=1, le=MAX_ITERATIONS, description=f"Iterations to run (capped at {MAX_ITERATIONS}).")
     seed: int = Field(0, description="Seed for sampling and training.")
@@ -276,6 +320,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning the generator.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation every iteration.")
     guards: GuardsConfig = Field(default_factory=GuardsConfig, description="Checks for the known failure modes.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The LLM judge (Self-Rewarding).")
     stop: StopConfig = Field(default_factory=StopConfig, description="When a run stops early.")
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Human review gates.")
 

@@ -122,7 +122,8 @@ class RunContext:
             fresh = self.rundir.iter_dir(j) / "fresh_problems.jsonl"
             if fresh.is_file():
                 items += [(p.id, p.question) for p in load_records(fresh, Problem)]
-        return build_index(items, self.cfg.guards.contamination_n)
+        g = self.cfg.guards
+        return build_index(items, g.contamination_n, g.contamination_boilerplate)
 
     # -- the stages, for recipes -----------------------------------------------------------------
     def stage(self, i: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

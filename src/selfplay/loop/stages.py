@@ -157,7 +157,8 @@ def filter_(
     atomic_write_jsonl(it_dir / TRAIN_FILES[record_type], (to_dict(r) for r in records))
     return {
         **stats, "kept": len(records), "contaminated": len(dropped),
-        "contamination_n": index.n if index is not None else None, "seconds": time.perf_counter() - start,
+        "contamination_n": index.n if index is not None else None,
+        "boilerplate_ngrams": index.boilerplate if index is not None else None, "seconds": time.perf_counter() - start,
     }
 
 
