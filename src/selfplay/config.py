@@ -46,13 +46,15 @@ class TaskSource(_Section):
 
     source: str = Field(
         "reasoning_gym",
-        description="'reasoning_gym' (a procedural dataset), 'jsonl' (a file), or a user's task factory "
-        "'module:attr', called with this section.",
+        description="'reasoning_gym' (a procedural dataset), 'jsonl' (a file), 'instructions' (IFEval-style writing "
+        "requests with checkable constraints), 'ifbench' (IFBench's test prompts, evaluation only), or a user's "
+        "task factory 'module:attr', called with this section.",
     )
     dataset: str = Field("", description="reasoning-gym dataset name (source: reasoning_gym).")
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="The dataset's settings (reasoning-gym: passed to its config class; a user task: its options). "
+        description="The dataset's settings (reasoning-gym: passed to its config class; instructions: "
+        "min_constraints, max_constraints, instructions, heldout_share; a user task: its options). "
         "Not given: the dataset's own defaults (for basic_arithmetic: the tuned settings in docs/guide.md).",
     )
     path: str | None = Field(
@@ -182,12 +184,15 @@ class EvalConfig(SamplingSection):
 
 class ControlTaskConfig(TaskSource):
     name: str = Field(..., description="Label for the control set in metrics and the report.")
-    source: str = Field("jsonl", description="Where its problems come from: 'jsonl', 'reasoning_gym' or 'module:attr'.")
+    source: str = Field(
+        "jsonl", description="Where its problems come from: 'jsonl', 'reasoning_gym', 'ifbench', 'instructions' or "
+        "'module:attr'.",
+    )
     size: int = Field(60, ge=1, description="Problems evaluated (greedy) every iteration.")
     one_shot: bool = Field(True, description="Prepend one of its own problems, solved, as a format example.")
     verifier: str = Field(
         "auto", description="'auto' (the source's checker), 'contains' (reference word in the answer), 'math', "
-        "'reasoning_gym', or 'module:attr'.",
+        "'reasoning_gym', 'ifeval' (instruction checkers), or 'module:attr'.",
     )
 
 
@@ -225,7 +230,7 @@ class GuardsConfig(_Section):
     )
     fresh_size: int = Field(
         50, ge=0, description="Freshly generated problems (a new seed each iteration, none seen in training) "
-        "evaluated greedily; reasoning-gym tasks only (0: off).",
+        "evaluated greedily; tasks that can draw new problems (reasoning_gym, instructions) (0: off).",
     )
     contamination_n: int = Field(
         13, ge=1, description="n of the n-gram overlap test between training examples and evaluation prompts "
@@ -265,6 +270,13 @@ class GuardsConfig(_Section):
     )
     max_length_drift: float = Field(
         0.5, ge=0.0, description="Alarm when mean completion length moves this share away from iteration 0's."
+    )
+    win_rate: Literal["auto", "on", "off"] = Field(
+        "auto", description="Compare each iteration's held-out answers with iteration 0's, judged pairwise in both "
+        "orders by the frozen starting model (auto: on when the run's verifier is the LLM judge).",
+    )
+    min_win_rate: float = Field(
+        0.45, ge=0.0, le=1.0, description="Alarm when that win rate falls below this (0.5 is a draw)."
     )
     stop_on_alarm: bool = Field(False, description="Stop the run when any guard raises an alarm (else warn).")
 

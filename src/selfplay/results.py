@@ -12,7 +12,7 @@ from typing import Any
 
 from selfplay.files import read_json
 
-GUARDS = ("degradation", "reward_hacking", "mode_collapse", "contamination", "persistent_failures")
+GUARDS = ("degradation", "reward_hacking", "mode_collapse", "contamination", "persistent_failures", "win_rate")
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,11 @@ class Evaluation:
         for key in ("proxy_pass_rate", "gold_pass_rate", "correlation"):
             if key in heldout:
                 out[f"reward/{key}"] = heldout[key]
+        wr = self.guards.get("win_rate")
+        if wr is not None:
+            for key in ("win_rate", "lc_win_rate"):
+                if wr.figures.get(key) is not None:
+                    out[f"judge/{key}"] = wr.figures[key]
         pf = self.guards.get("persistent_failures")
         if pf is not None and "never_solved" in pf.figures:
             out["never_solved"] = pf.figures["never_solved"]

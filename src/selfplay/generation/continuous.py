@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfplay.errors import UserError
-from selfplay.generation.hf import TransformersGenerator, encode_prompts, stop_ids, to_completion
+from selfplay.generation.hf import TransformersGenerator, encode_prompts, option_logprobs, stop_ids, to_completion
 from selfplay.interfaces import Completion, SamplingParams
 from selfplay.models import Placement, load_model, load_tokenizer
 from selfplay.records import Problem
@@ -330,6 +330,11 @@ class ContinuousGenerator:
                 kept[slot] = kept[end]
             kept.pop()
         return kept
+
+    def option_logprobs(self, problems: Sequence[Problem], prefix: str, options: Sequence[str],
+                        batch_size: int) -> list[list[float]]:
+        """Log-probabilities of one-token options after each problem's chat and a forced prefix (a judge's score)."""
+        return option_logprobs(self.model, self.tokenizer, problems, prefix, options, batch_size)
 
     def close(self) -> None:
         self.model = None

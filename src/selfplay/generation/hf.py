@@ -37,6 +37,61 @@ def to_completion(tokenizer, seq: list[int], stops: set[int]) -> Completion:
                       "length" if stop is None else "stop")
 
 
+def option_token_ids(tokenizer, prefix: str, options: Sequence[str]) -> tuple[str, list[int]]:
+    """The prefix to force and each option's one token after it.
+
+    Tokenizers split 'Score: 3' differently ('Score', ':', ' ', '3' or 'Score', ':', ' 3'), so the prefix is
+    tried as given and without its trailing space (the option then carries the space).
+    """
+    for forced, lead in ((prefix, ""), (prefix.rstrip(), prefix[len(prefix.rstrip()):])):
+        base = tokenizer(forced, add_special_tokens=False)["input_ids"]
+        ids = []
+        for option in options:
+            full = tokenizer(forced + lead + option, add_special_tokens=False)["input_ids"]
+            if full[: len(base)] != base or len(full) != len(base) + 1:
+                break
+            ids.append(full[-1])
+        else:
+            if len(set(ids)) == len(ids):
+                return forced, ids
+    raise UserError(f"the model's tokenizer does not spell each of {list(options)} as one token after "
+                    f"{prefix!r}; the constrained judge cannot read its probabilities (use judge.mode: generate)")
+
+
+def option_logprobs(model, tokenizer, problems: Sequence[Problem], prefix: str, options: Sequence[str],
+                    batch_size: int) -> list[list[float]]:
+    """For each problem, the model's log-probabilities of each one-token option after its chat and `prefix`.
+
+    One forward pass per batch of left-padded prompts; only the last position goes through the vocabulary head.
+    """
+    import torch
+
+    forced, ids = option_token_ids(tokenizer, prefix, options)
+    texts = [tokenizer.apply_chat_template(p.chat(), add_generation_prompt=True, tokenize=False) + forced
+             for p in problems]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model.device
+    out: list[list[float] | None] = [None] * len(problems)
+    order = sorted(range(len(problems)), key=lambda i: -len(encoded[i]))
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            hidden = model.base_model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 position_ids=positions.to(device)).last_hidden_state[:, -1]
+            logps = torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)[:, ids]
+            for row, i in enumerate(idx):
+                out[i] = logps[row].tolist()
+    return out  # type: ignore[return-value]
+
+
 class TransformersGenerator:
     def __init__(self, model, tokenizer, model_name: str):
         self.model = model
@@ -89,6 +144,11 @@ class TransformersGenerator:
                                for seq in new[row * params.n : (row + 1) * params.n]])
                 for row, i in enumerate(idx)
             ]
+
+    def option_logprobs(self, problems: Sequence[Problem], prefix: str, options: Sequence[str],
+                        batch_size: int) -> list[list[float]]:
+        """Log-probabilities of one-token options after each problem's chat and a forced prefix (a judge's score)."""
+        return option_logprobs(self.model, self.tokenizer, problems, prefix, options, batch_size)
 
     def close(self) -> None:
         self.model = None

@@ -109,10 +109,11 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
         controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format, models)
         v = cfg.verify
         verifier = build_verifier(v.verifier, task.default_verifier, strict_format=v.strict_format,
-                                  options=v.options, run=models)
+                                  options=v.options, run=models, judge=cfg.judge, seed=cfg.seed)
         gold_name = cfg.guards.gold_verifier
         gold = None if gold_name is None else build_verifier(
-            gold_name, task.default_verifier, strict_format=v.strict_format, run=models, field="guards.gold_verifier")
+            gold_name, task.default_verifier, strict_format=v.strict_format, run=models, field="guards.gold_verifier",
+            judge=cfg.judge, seed=cfg.seed)
         rundir.freeze_config(cfg)
         if problems.new:
             freeze_problems(rundir, problems)

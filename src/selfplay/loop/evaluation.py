@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import EvalConfig
-from selfplay.files import atomic_write_jsonl, read_json
+from selfplay.files import atomic_write_jsonl, read_json, read_jsonl
 from selfplay.generation import sample_batches
 from selfplay.guards import categories as cat
-from selfplay.guards import reward_hacking, stopping
+from selfplay.guards import reward_hacking, stopping, win_rate
 from selfplay.guards.diversity import diversity_metrics
 from selfplay.guards.embedding import embedding_spread, find_embedding_model
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
@@ -35,6 +35,9 @@ from selfplay.records import Problem, Sample, Verdict, to_dict
 from selfplay.results import Decision, Evaluation, GuardResult
 from selfplay.tasks import fresh_problems
 from selfplay.verifiers import Verifier, verify_all
+from selfplay.verifiers.ifeval import instruction_metrics
+from selfplay.verifiers.judge import NAME as JUDGE
+from selfplay.verifiers.judge import PairwiseJudge, is_unparsed
 
 
 @dataclass
@@ -62,6 +65,7 @@ def measure(
                                         desc=f"{desc} greedy") for s in b]
     greedy_verdicts = _judge(verifier, problems, greedy)
     metrics = greedy_metrics(greedy, greedy_verdicts)
+    metrics.update(instruction_metrics(greedy_verdicts))  # IFEval's four numbers, when the checker is ifeval
     samples: list[Sample] = []
     verdicts: list[Verdict] = []
     if sampled and cfg.samples:
@@ -122,7 +126,10 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
             f"the run trains on its gold checker ({ctx.gold.name}); there is no proxy to audit"])
     proxy = _judge(ctx.verifier, ctx.heldout, proxy_samples)
     gold = _judge(ctx.gold, ctx.heldout, proxy_samples)
-    heldout = reward_hacking.compare(proxy, gold)
+    unparsed = [v for v in proxy if is_unparsed(v)]  # a judgement with no score has nothing to compare
+    heldout = reward_hacking.compare([v for v in proxy if not is_unparsed(v)], gold)
+    if unparsed:
+        heldout["unparsed"] = len(unparsed)
     past = [r.get("heldout") for r in (h.guard("reward_hacking") for h in history) if r and r.get("heldout")]
     alarms = reward_hacking.alarms(heldout, past, g.hack_margin, g.min_proxy_gold_corr, g.min_proxy_precision)
     result: dict[str, Any] = {"proxy": ctx.verifier.name, "gold": ctx.gold.name, "heldout": heldout}
@@ -137,6 +144,35 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
         result["train_gold_precision"] = sum(passed) / len(passed) if passed else None
         result["train_examples"] = len(passed)
     return GuardResult("alarm" if alarms else "ok", alarms, [], result)
+
+
+def _wants_win_rate(ctx: RunContext) -> bool:
+    setting = ctx.cfg.guards.win_rate
+    return setting == "on" or (setting == "auto" and ctx.verifier.name == JUDGE)
+
+
+def _win_rate(ctx: RunContext, greedy: list[Sample], seed: int) -> GuardResult:
+    """Held-out answers of this iteration against iteration 0's, compared by the frozen starting model."""
+    first_file = ctx.rundir.iter_dir(0) / "eval_samples.jsonl"
+    if not first_file.is_file():
+        return GuardResult("n/a", notes=["iteration 0's held-out answers are missing (eval_samples.jsonl)"])
+    fields = set(Sample.__dataclass_fields__)
+    first = {r["problem_id"]: Sample(**{k: v for k, v in r.items() if k in fields}) for r in read_jsonl(first_file)}
+    by_id = {p.id: p for p in ctx.heldout}
+    both = [(s, first[s.problem_id]) for s in greedy if s.problem_id in first and s.problem_id in by_id]
+    judge = PairwiseJudge(ctx.cfg.judge, ctx.pool.generator(ctx.base_path), seed)
+    outcomes = judge.compare([(s.problem_id, by_id[s.problem_id].prompt, s.completion, f.completion) for s, f in both])
+    figures = win_rate.summarize(outcomes, [s.num_tokens for s, _ in both], [f.num_tokens for _, f in both])
+    figures["judge"] = "base"
+    floor = ctx.cfg.guards.min_win_rate
+    alarms = []
+    if figures["win_rate"] is not None and figures["win_rate"] < floor:
+        alarms.append(f"the frozen starting model prefers iteration 0's held-out answers (win rate "
+                      f"{figures['win_rate']:.1%} < {floor:.0%}): the judge's scores may not mean better answers")
+    notes = []
+    if figures["lc_win_rate"] is not None and figures["win_rate"] is not None:
+        notes.append(f"win rate {figures['win_rate']:.1%}, length-controlled {figures['lc_win_rate']:.1%}")
+    return GuardResult("alarm" if alarms else "ok", alarms, notes, figures)
 
 
 def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, Any]:
@@ -183,6 +219,8 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     # Runs started before a guard existed have no figures for it: that guard then starts from this iteration.
     guards["mode_collapse"] = _mode_collapse(ctx, diverse, base.guard("mode_collapse") if base else None, seed)
     guards["reward_hacking"] = _reward_hacking(ctx, i, heldout.greedy + heldout.sampled, history)
+    if _wants_win_rate(ctx) and i > 0:
+        guards["win_rate"] = _win_rate(ctx, heldout.greedy, seed)
 
     filter_summary = it_dir / "filter.json"
     dropped = read_json(filter_summary).get("contaminated", 0) if filter_summary.is_file() else 0

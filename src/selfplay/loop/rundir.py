@@ -39,6 +39,10 @@ def load_records(path: Path, cls: type) -> list:
     return records
 
 
+# What a judged recipe's filter stage reports about its judge, carried into metrics.jsonl as judge/KEY.
+JUDGE_FIGURES = ("judge_mean_score", "pair_accuracy_gold", "judge_gold_correlation", "unparsed", "chosen_longer")
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -215,6 +219,9 @@ class RunDir:
                         if "passed" in data and "samples" in data:
                             row["train_pass_rate"] = data["passed"] / max(1, data["samples"])
                         row["contaminated"] = data.get("contaminated", 0)
+                        for key in JUDGE_FIGURES:  # a judged recipe's figures about its judge
+                            if data.get(key) is not None:
+                                row[f"judge/{key}"] = data[key]
             row["seconds"] = seconds
             rows.append(row)
         return rows

@@ -5,8 +5,8 @@ methods (generate, verify, select, review, train, or `ctx.stage` for one of its 
 model at `source`, and returns the trained model's folder. The driver evaluates it and applies the stop rules.
 """
 
-from selfplay.recipes import rft
+from selfplay.recipes import rft, self_rewarding
 
-RECIPES = {"rft": rft.run_iteration}
+RECIPES = {"rft": rft.run_iteration, "self_rewarding": self_rewarding.run_iteration}
 
 __all__ = ["RECIPES"]

@@ -207,6 +207,36 @@ def _metrics_table(rows: list[dict[str, Any]], pass_k: str | None) -> str:
     return f"<table>{''.join(lines)}</table>"
 
 
+def _judge_section(rows: list[dict[str, Any]]) -> str:
+    """The judge's own quality per iteration, and a plain sentence when it cannot tell better from worse."""
+    keys = [("judge/judge_mean_score", "judge mean score (train candidates)", "{:.2f}"),
+            ("judge/pair_accuracy_gold", "pair accuracy vs gold", "pct"),
+            ("judge/judge_gold_correlation", "judge-gold correlation (train)", "{:.2f}"),
+            ("reward/correlation", "judge-gold correlation (held-out)", "{:.2f}"),
+            ("judge/win_rate", "win rate vs iteration 0", "pct"), ("judge/lc_win_rate", "length-controlled", "pct"),
+            ("judge/chosen_longer", "chosen is the longer", "pct"), ("judge/unparsed", "unparsed", "{}"),
+            ("kept", "pairs", "{}")]
+    if not any(k in r for r in rows for k, _, _ in keys[:2]):
+        return ""
+
+    def cell(value: Any, fmt: str) -> str:
+        if value is None:
+            return "–"
+        return _pct(value) if fmt == "pct" else fmt.format(value)
+
+    head = "<tr><th>iter</th>" + "".join(f"<th>{_esc(label)}</th>" for _, label, _ in keys) + "</tr>"
+    body = "".join("<tr><td>{}</td>{}</tr>".format(r["iteration"], "".join(
+        f"<td>{_esc(cell(r.get(k), fmt))}</td>" for k, _, fmt in keys)) for r in rows)
+    verdict = ""
+    accs = [r["judge/pair_accuracy_gold"] for r in rows if r.get("judge/pair_accuracy_gold") is not None]
+    if accs and max(accs) < 0.6:
+        verdict = (f'<p class="alarm">The judge cannot reliably tell the better answer from the worse one: of the '
+                   f"pairs the gold checker can order, it chose the better answer {_pct(accs[-1])} of the time in "
+                   f"the last iteration (50% is chance). Rising judge scores in this run do not mean better answers; "
+                   f"a stronger judge is one setting away (<code>judge.model: PATH</code>).</p>")
+    return f"<h2>Judge</h2>{verdict}<table>{head}{body}</table>"
+
+
 def _short_model(model: str, run_path: Path) -> str:
     """A model path relative to the run folder when it lies inside it (iter-002/model), else as given."""
     try:
@@ -283,7 +313,7 @@ def render(run_path: Path) -> str:
 <p class="muted">{_esc(rundir.path.resolve())} &middot; report written {time.strftime('%Y-%m-%d %H:%M')}</p>
 <p>{' &middot; '.join(summary)}</p>
 <h2>Guards</h2>{_guard_table(evals)}{_messages(evals)}
-<h2>Metrics</h2>{_metrics_table(rows, pass_k)}
+<h2>Metrics</h2>{_metrics_table(rows, pass_k)}{_judge_section(rows)}
 <h2>Plots</h2><div class="plots">{''.join(plots)}</div>
 <h2>Lineage of the training data</h2>{_lineage(rundir, evals)}
 <h2>Config</h2><pre>{_esc(rundir.config_path.read_text())}</pre>

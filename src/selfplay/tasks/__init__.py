@@ -14,6 +14,8 @@ from selfplay.interfaces import FreshTask, Task
 from selfplay.plugins import resolve
 from selfplay.records import Problem
 from selfplay.tasks.base import ANSWER_INSTRUCTION, RawItem, Split, exemplar_item, render_prompt, split_items
+from selfplay.tasks.ifbench import IfBenchTask
+from selfplay.tasks.instructions import InstructionsTask
 from selfplay.tasks.jsonl import JsonlTask
 from selfplay.tasks.reasoning_gym import ReasoningGymTask
 
@@ -31,7 +33,16 @@ def _jsonl(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
     return JsonlTask(cfg.path or "", train_size, eval_size, cfg.seed, cfg.one_shot)
 
 
-TASKS = {"reasoning_gym": _reasoning_gym, "jsonl": _jsonl}
+def _instructions(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    return InstructionsTask(dict(cfg.params), train_size, eval_size, cfg.seed)
+
+
+def _ifbench(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    # Evaluation only: train_size is ignored, every prompt is held out.
+    return IfBenchTask(dict(cfg.params), eval_size, cfg.seed)
+
+
+TASKS = {"reasoning_gym": _reasoning_gym, "jsonl": _jsonl, "instructions": _instructions, "ifbench": _ifbench}
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -11,26 +11,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from selfplay.errors import UserError
 from selfplay.interfaces import BatchVerifier, GeneratorSource, Verifier
 from selfplay.plugins import check_call, resolve
 from selfplay.records import Problem, Sample, Verdict
 from selfplay.verifiers.answer import extract_answer
 from selfplay.verifiers.contains import ContainsVerifier
+from selfplay.verifiers.ifeval import IfEvalVerifier
+from selfplay.verifiers.judge import NAME as JUDGE
+from selfplay.verifiers.judge import LLMJudge
 from selfplay.verifiers.math import MathVerifier
 from selfplay.verifiers.reasoning_gym import ReasoningGymVerifier
 
 __all__ = ["VERIFIERS", "Verifier", "build_verifier", "extract_answer", "verify_all"]
 
 # Built-ins take their options as keyword arguments, plus the answer-format setting.
-VERIFIERS = {"reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier}
+VERIFIERS = {
+    "reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier, "ifeval": IfEvalVerifier,
+}
 
 
 def build_verifier(
     name: str, task_default: str, *, strict_format: bool = False, options: dict[str, Any] | None = None,
-    run: GeneratorSource | None = None, field: str = "verify.verifier",
+    run: GeneratorSource | None = None, field: str = "verify.verifier", judge: Any = None, seed: int = 0,
 ) -> Verifier:
-    """'auto' means the task's own checker; otherwise a built-in name or a user's 'module:attr' factory."""
+    """'auto' means the task's own checker; 'judge' the LLM judge the `judge` config section describes;
+    otherwise a built-in name or a user's 'module:attr' factory."""
     chosen = task_default if name == "auto" else name
+    if chosen == JUDGE:
+        if options:
+            raise UserError(f"{field.rsplit('.', 1)[0]}.options: the judge takes its settings from the judge: "
+                            f"section, not from options (got {', '.join(options)})")
+        from selfplay.config import JudgeConfig
+
+        return LLMJudge(judge if judge is not None else JudgeConfig(), run, seed=seed)
     factory = resolve(chosen, VERIFIERS, field)
     options = dict(options or {})
     if chosen in VERIFIERS:
