@@ -58,34 +58,62 @@ def option_token_ids(tokenizer, prefix: str, options: Sequence[str]) -> tuple[st
                     f"{prefix!r}; the constrained judge cannot read its probabilities (use judge.mode: generate)")
 
 
+MIN_SHARED = 16  # a prefix common to every prompt of a call is computed once when it is at least this long
+
+
 def option_logprobs(model, tokenizer, problems: Sequence[Problem], prefix: str, options: Sequence[str],
                     batch_size: int) -> list[list[float]]:
     """For each problem, the model's log-probabilities of each one-token option after its chat and `prefix`.
 
-    One forward pass per batch of left-padded prompts; only the last position goes through the vocabulary head.
+    A judge's prompts share their rubric's opening: the part common to every prompt of the call is run once,
+    and its keys and values are reused by every row. The rest of each prompt is right-padded (its own tokens
+    never attend to the padding after them), and only each row's last position goes through the vocabulary head.
     """
+    import copy
+
     import torch
 
     forced, ids = option_token_ids(tokenizer, prefix, options)
     texts = [tokenizer.apply_chat_template(p.chat(), add_generation_prompt=True, tokenize=False) + forced
              for p in problems]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if not encoded:
+        return []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.device
+    shared = 0  # the common prefix, leaving every prompt at least one token of its own
+    limit = min(len(e) for e in encoded) - 1
+    while shared < limit and all(e[shared] == encoded[0][shared] for e in encoded):
+        shared += 1
+    if shared < MIN_SHARED:
+        shared = 0
     out: list[list[float] | None] = [None] * len(problems)
     order = sorted(range(len(problems)), key=lambda i: -len(encoded[i]))
     with torch.inference_mode():
+        cache = None
+        if shared:
+            head = torch.tensor([encoded[0][:shared]], device=device)
+            cache = model.base_model(input_ids=head, use_cache=True).past_key_values
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            width = max(len(encoded[i]) for i in idx)
+            tails = [encoded[i][shared:] for i in idx]
+            width = max(len(t) for t in tails)
             input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for row, t in enumerate(tails):
+                input_ids[row, : len(t)] = torch.tensor(t)
+                mask[row, shared : shared + len(t)] = 1
+            positions = (shared + torch.arange(width)).expand(len(idx), width)
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(idx))
             hidden = model.base_model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                 position_ids=positions.to(device)).last_hidden_state[:, -1]
+                                      position_ids=positions.to(device), past_key_values=past,
+                                      use_cache=past is not None).last_hidden_state
+            last = torch.tensor([len(t) - 1 for t in tails], device=hidden.device)
+            hidden = hidden[torch.arange(len(idx), device=hidden.device), last]
             logps = torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)[:, ids]
             for row, i in enumerate(idx):
                 out[i] = logps[row].tolist()

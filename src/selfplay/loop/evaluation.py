@@ -172,6 +172,9 @@ def _win_rate(ctx: RunContext, greedy: list[Sample], seed: int) -> GuardResult:
     notes = []
     if figures["lc_win_rate"] is not None and figures["win_rate"] is not None:
         notes.append(f"win rate {figures['win_rate']:.1%}, length-controlled {figures['lc_win_rate']:.1%}")
+    if figures["compared"] and figures["ties"] == figures["compared"]:
+        notes.append("every comparison was a tie: asked in both orders, the judge picked the same position each "
+                     "time, so it compares positions, not answers (a stronger judge: judge.model)")
     return GuardResult("alarm" if alarms else "ok", alarms, notes, figures)
 
 

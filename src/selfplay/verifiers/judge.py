@@ -181,6 +181,13 @@ class LLMJudge:
     def __init__(self, cfg: Any, run: GeneratorSource | None, seed: int = 0, fence: Any = new_fence):
         if run is None:
             raise UserError("verify.verifier: judge needs the run's models (it was built without them)")
+        if cfg.model not in ("current", "base"):
+            from selfplay.models import resolve_model_path
+
+            try:  # checked when the run opens, before anything is written
+                resolve_model_path(cfg.model)
+            except UserError as e:
+                raise UserError(f"judge.model: {str(e).removeprefix('model.path: ')}") from None
         self.cfg, self.run, self.seed = cfg, run, seed
         self.fence = fence  # draws a fence per call; a test may fix it to compare judged texts exactly
         self.template = load_template(cfg.template)
@@ -226,7 +233,19 @@ class LLMJudge:
             raise UserError(f"judge.mode: 'constrained' reads next-token probabilities, which the "
                             f"{type(gen).__name__} backend does not give; use judge.mode: generate")
         digits = [str(d) for d in range(LOW, HIGH + 1)]
-        rows = gen.option_logprobs([it.judge_problem for it in items], SCORE_PREFIX, digits, self.cfg.batch_size)
+        rows: list[list[float]] = [[] for _ in items]
+        size = self.cfg.batch_size
+        # Longest first, so each batch holds prompts of similar length (little padding).
+        order = sorted(range(len(items)), key=lambda k: -len(items[k].judge_problem.prompt))
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(items), desc="judge", unit="response", dynamic_ncols=True) as bar:
+            for b in range(0, len(order), size):
+                idx = order[b : b + size]
+                got = gen.option_logprobs([items[k].judge_problem for k in idx], SCORE_PREFIX, digits, size)
+                for k, row in zip(idx, got, strict=True):
+                    rows[k] = row
+                bar.update(len(idx))
         out = {}
         for it, logps in zip(items, rows, strict=True):
             probs = [math.exp(lp) for lp in logps]

@@ -45,12 +45,14 @@ _CONFUSABLES = str.maketrans({
 
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "hundred")
 _NUM = r"(?:\d+|" + "|".join(_NUMBER_WORDS) + r")"
-_GRADE = r"(?:scores?|scored|scoring|rating|rated|rate|grade|graded|points?|marks?|stars?|award|awarded|verdict)"
+# "point" is not here: "* This is point 1" is how a bullet list often reads; points are caught with a verb below.
+_GRADE = r"(?:scores?|scored|scoring|rating|rated|rate|grade|graded|marks?|stars?|award|awarded|verdict)"
 
 # Patterns on the word skeleton (see `words`): lower-case words and numbers separated by single spaces.
 _WORD_PATTERNS = [
     re.compile(rf"\b{_GRADE}\b.{{0,40}}?\b{_NUM}\b"),  # "Score: 5", "points awarded: five"
     re.compile(rf"\b{_NUM} (?:full )?(?:points?|stars?|marks?)\b"),  # "5 points", "five stars"
+    re.compile(rf"^(?:total |final )?points? {_NUM}\b|\bpoints? (?:awarded|earned|given|total)\b"),
     re.compile(rf"\b{_NUM} out of {_NUM}\b"),  # "4 out of 5"
     re.compile(r"\b(?:full marks|perfect score|maximum score|highest score|top score|max score|full score)\b"),
     re.compile(r"\bignore\b.{0,40}?\b(?:rubric|instructions?|above|previous|prior|criteria|system|prompt|grader"
