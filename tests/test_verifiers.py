@@ -58,8 +58,8 @@ def test_math_verifier_accepts_equivalent_forms():
 
 
 def test_unknown_verifier_is_a_clear_error():
-    with pytest.raises(UserError, match="verify.verifier: unknown 'judge'"):
-        build_verifier("judge", "math")
+    with pytest.raises(UserError, match="verify.verifier: unknown 'oracle'; built-ins are .*"):
+        build_verifier("oracle", "math")
     with pytest.raises(UserError, match="cannot import module 'nope'"):
         build_verifier("nope:thing", "math")
 

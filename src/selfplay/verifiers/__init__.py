@@ -45,7 +45,7 @@ def build_verifier(
         from selfplay.config import JudgeConfig
 
         return LLMJudge(judge if judge is not None else JudgeConfig(), run, seed=seed)
-    factory = resolve(chosen, VERIFIERS, field)
+    factory = resolve(chosen, {**VERIFIERS, JUDGE: LLMJudge}, field)
     options = dict(options or {})
     if chosen in VERIFIERS:
         kwargs = {"strict_format": strict_format, **options}
