@@ -176,3 +176,14 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tiny_model, tmp_p
     assert whole["steps"] == 24
     resumed, straight = load_file(out / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
     assert all(torch.allclose(resumed[k], straight[k], atol=1e-5) for k in straight)
+
+
+@pytest.mark.parametrize("setting", ["train.max_completion_length=0", "train.max_prompt_length=0", "train.beta=0",
+                                     "train.loss_type=kto"])
+def test_dpo_settings_that_leave_nothing_to_train_are_one_clear_line(setting):
+    from selfplay.config import load_config
+
+    key = setting.split("=")[0]
+    with pytest.raises(UserError) as err:
+        load_config(None, [setting])
+    assert "\n" not in str(err.value) and f"{key}:" in str(err.value)

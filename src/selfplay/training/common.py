@@ -1,0 +1,93 @@
+"""What the SFT and DPO trainers share: trl's common settings, the LoRA adapter, resume and the merged save.
+
+Trainer checkpoints every `train.checkpoint_every` steps (one kept) make a killed training stage resume
+where it stopped; LoRA adapters are merged into the weights on save, so every iteration's `model/` is a
+plain checkpoint that `AutoModelForCausalLM.from_pretrained` and vLLM load; `model/` appears atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from selfplay.config import TrainConfig
+from selfplay.files import atomic_replace_dir
+from selfplay.models import Placement
+
+
+def quiet() -> None:
+    for name in ("transformers.trainer", "trl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def latest_checkpoint(work_dir: Path) -> str | None:
+    ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # A checkpoint folder is complete once the trainer state is written (the last file it saves).
+    ckpts = [c for c in ckpts if (c / "trainer_state.json").is_file()]
+    return str(ckpts[-1]) if ckpts else None
+
+
+def trainer_settings(cfg: TrainConfig, records: int, work_dir: Path, where: Placement, seed: int) -> dict[str, Any]:
+    """Keyword arguments of trl's SFTConfig / DPOConfig that both trainers set the same way."""
+    import torch
+
+    steps = math.ceil(math.ceil(records / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
+    return dict(
+        output_dir=str(work_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, lr_scheduler_type="linear",
+        warmup_steps=0, weight_decay=0.0,
+        logging_steps=max(1, steps // 10),  # about ten readings per stage
+        save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=1, report_to=[],
+        seed=seed, data_seed=seed, use_cpu=where.device == "cpu",
+        bf16=where.dtype == torch.bfloat16, fp16=where.dtype == torch.float16,
+        dataloader_num_workers=0, dataset_num_proc=None,
+    )
+
+
+def lora_config(cfg: TrainConfig):
+    """The LoRA adapter for `train.method: lora` (None for full fine-tuning)."""
+    if cfg.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def train_and_save(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path, tokens_per_epoch: int) -> dict[str, Any]:
+    """Train (from the latest checkpoint, if any), write the merged model to `out_dir`, and the common figures."""
+    resume_from = latest_checkpoint(work_dir)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - start
+    # A resumed run only trained the steps after its checkpoint.
+    done_before = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
+    run_share = (result.global_step - done_before) / result.global_step if result.global_step else 0.0
+    trained = trainer.model
+    if cfg.method == "lora":
+        trained = trained.merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(tmp)
+    trainer.processing_class.save_pretrained(tmp)
+    atomic_replace_dir(tmp, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return {
+        "steps": result.global_step,
+        "epochs": cfg.epochs,
+        "tokens_per_epoch": tokens_per_epoch,
+        "train_loss": result.training_loss,
+        "resumed_from": resume_from,
+        "seconds": seconds,
+        "tokens_per_second": tokens_per_epoch * cfg.epochs * run_share / seconds if seconds > 0 else None,
+    }
+
+
+def first_last(log_history: list[dict[str, Any]], key: str) -> tuple[Any, Any]:
+    """The first and last logged value of `key` (a loss, a reward accuracy), or (None, None)."""
+    values = [h[key] for h in log_history if key in h]
+    return (values[0], values[-1]) if values else (None, None)
