@@ -48,7 +48,7 @@ def sizes(args) -> list[str]:
 def rft_overrides() -> list[str]:
     """RFT on the same task and sampling: the gold checkers are its verifier, SFT on up to 2 passing answers."""
     return ["recipe=rft", "verify.verifier=auto", "train.init_from=base", "train.learning_rate=5.0e-4",
-            "filter.max_per_problem=2", "guards.win_rate=off"]
+            "filter.max_per_problem=2", "guards.win_rate=off"]  # YAML reads off as false; the config maps it back
 
 
 def _cell(value, fmt: str) -> str:

@@ -411,3 +411,10 @@ def test_length_controlled_win_rate_removes_a_win_bought_by_length():
     assert length_controlled(fair, lengths_new, lengths_old) > 0.6
     s = summarize(fair, lengths_new, lengths_old)
     assert (s["wins"], s["losses"], s["ties"], s["compared"]) == (8, 2, 2, 12)
+
+
+def test_win_rate_switch_reads_a_yaml_on_off():
+    from selfplay.config import load_config
+
+    assert [load_config(None, [f"guards.win_rate={v}"]).guards.win_rate for v in ("off", "on", "auto")] == [
+        "off", "on", "auto"]

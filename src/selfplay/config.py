@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfplay.errors import UserError
 from selfplay.interfaces import SamplingParams
@@ -275,6 +275,12 @@ class GuardsConfig(_Section):
         "auto", description="Compare each iteration's held-out answers with iteration 0's, judged pairwise in both "
         "orders by the frozen starting model (auto: on when the run's verifier is the LLM judge).",
     )
+    @field_validator("win_rate", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # YAML reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     min_win_rate: float = Field(
         0.45, ge=0.0, le=1.0, description="Alarm when that win rate falls below this (0.5 is a draw)."
     )
