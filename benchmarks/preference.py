@@ -173,10 +173,13 @@ def main() -> None:
         wall = f", {walls[key] / 60:.1f} min" if key in walls else ""
         parts += [f"**{title}**{wall}:", "", table(run_dir), ""]
     sr_dir = Path(args.out) / runs["self_rewarding"][0]
+    saved = sr_dir / "judge-check.md"  # kept, so a later `--only rft` writes the whole section
     if (not args.only or args.only == "judge") and (sr_dir / "iter-001" / "samples.jsonl").is_file():
-        parts += [f"**The judge itself**: the base model judging its own iteration-1 candidates for "
-                  f"{args.judge_prompts} training prompts, in each mode, against IFEval's checkers:", "",
-                  judge_check(sr_dir, args.judge_prompts, 0), ""]
+        saved.write_text(f"**The judge itself**: the base model judging its own iteration-1 candidates for "
+                         f"{args.judge_prompts} training prompts, in each mode, against IFEval's checkers:\n\n"
+                         f"{judge_check(sr_dir, args.judge_prompts, 0)}\n")
+    if saved.is_file():
+        parts += [saved.read_text()]
     text = "\n".join(parts)
     print(text)
     if not args.no_write:
