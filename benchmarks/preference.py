@@ -142,7 +142,7 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=64)
     p.add_argument("--eval-size", type=int, default=100)
     p.add_argument("--ifbench-size", type=int, default=100)
-    p.add_argument("--judge-prompts", type=int, default=32, help="training prompts for the judge-mode check")
+    p.add_argument("--judge-prompts", type=int, default=24, help="training prompts for the judge-mode check")
     p.add_argument("--out", default=str(ROOT / "runs"))
     p.add_argument("--only", choices=["self_rewarding", "rft", "judge"], help="run one part")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md as it is")
