@@ -31,7 +31,7 @@ from selfplay.guards.heldout import greedy_metrics, sampled_metrics
 from selfplay.interfaces import Generator
 from selfplay.loop.context import RunContext
 from selfplay.loop.rundir import load_records
-from selfplay.records import Problem, Sample, Verdict, to_dict
+from selfplay.records import Problem, Sample, Verdict, from_dict, to_dict
 from selfplay.results import Decision, Evaluation, GuardResult
 from selfplay.tasks import fresh_problems
 from selfplay.verifiers import Verifier, verify_all
@@ -78,6 +78,12 @@ def measure(
 
 def write_verdicts(path: Path, samples: Sequence[Sample], verdicts: Sequence[Verdict]) -> None:
     atomic_write_jsonl(path, ({**to_dict(s), "verdict": to_dict(v)} for s, v in zip(samples, verdicts, strict=True)))
+
+
+def read_verdicts(path: Path) -> list[tuple[Sample, Verdict]]:
+    """What `write_verdicts` wrote: each sample with its verdict."""
+    return [(from_dict(Sample, {k: v for k, v in row.items() if k != "verdict"}), from_dict(Verdict, row["verdict"]))
+            for row in read_jsonl(path)]
 
 
 def _mode_collapse(ctx: RunContext, samples: list[Sample], base: GuardResult | None, seed: int) -> GuardResult:
@@ -156,8 +162,7 @@ def _win_rate(ctx: RunContext, greedy: list[Sample], seed: int) -> GuardResult:
     first_file = ctx.rundir.iter_dir(0) / "eval_samples.jsonl"
     if not first_file.is_file():
         return GuardResult("n/a", notes=["iteration 0's held-out answers are missing (eval_samples.jsonl)"])
-    fields = set(Sample.__dataclass_fields__)
-    first = {r["problem_id"]: Sample(**{k: v for k, v in r.items() if k in fields}) for r in read_jsonl(first_file)}
+    first = {s.problem_id: s for s, _ in read_verdicts(first_file)}
     by_id = {p.id: p for p in ctx.heldout}
     both = [(s, first[s.problem_id]) for s in greedy if s.problem_id in first and s.problem_id in by_id]
     judge = PairwiseJudge(ctx.cfg.judge, ctx.pool.generator(ctx.base_path), seed)

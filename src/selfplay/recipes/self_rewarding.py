@@ -38,8 +38,9 @@ def judged_pairs(
                                  iteration=iteration, drop_truncated=drop_truncated)
     stats["samples"] = len(samples)
     stats["unparsed"] = len(unparsed)
-    stats["empty_by_rule"] = sum(1 for v in verdicts if "rule" in judge_notes(v))
-    stats["neutralized"] = sum(1 for v in verdicts if judge_notes(v).get("removed"))
+    notes = [judge_notes(v) for v in verdicts]  # each verdict's JSON record, parsed once
+    stats["empty_by_rule"] = sum(1 for n in notes if "rule" in n)
+    stats["neutralized"] = sum(1 for n in notes if n.get("removed"))
     judged = [v.score for v in verdicts if v.sample_id not in unparsed]
     stats["judge_mean_score"] = sum(judged) / len(judged) if judged else None
     if pairs:

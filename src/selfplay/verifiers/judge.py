@@ -128,22 +128,35 @@ _SCORE_LINE = re.compile(r"^[\s#*_>`-]*score\s*[:=]\s*\**\s*([+-]?\d+(?:\.\d+)?)
                          re.IGNORECASE)
 
 
-def parse_score(output: str, fence: Fence) -> int | None:
-    """The judge's last `Score: N` line, outside any echo of the fenced response; None when missing or invalid."""
+def _last_line(output: str, fences: Sequence[Fence], pattern: re.Pattern[str]) -> re.Match[str] | None:
+    """The judge's last line matching `pattern`, after cutting anything it echoed from inside the fences
+    (a score or verdict there is the response's, not the judge's; an echo never closed runs to the end)."""
     text = unicodedata.normalize("NFKC", output)
-    # Cut anything the judge copied from inside the fence: a score there is the response's, not the judge's.
-    text = re.sub(re.escape(fence.open) + r".*?(?:" + re.escape(fence.close) + r"|\Z)", "\n", text, flags=re.DOTALL)
+    for f in fences:
+        text = re.sub(re.escape(f.open) + r".*?(?:" + re.escape(f.close) + r"|\Z)", "\n", text, flags=re.DOTALL)
     found = None
     for line in text.splitlines():
-        m = _SCORE_LINE.match(line)
-        if m:
-            found = m.group(1)
+        found = pattern.match(line) or found
+    return found
+
+
+def parse_score(output: str, fence: Fence) -> int | None:
+    """The judge's last `Score: N` line, outside any echo of the fenced response; None when missing or invalid."""
+    found = _last_line(output, [fence], _SCORE_LINE)
     if found is None:
         return None
-    value = float(found)
+    value = float(found.group(1))
     if value != int(value) or not LOW <= value <= HIGH:
         return None
     return int(value)
+
+
+def _option_scorer(gen: Any) -> OptionScorer:
+    """The judge's model as an OptionScorer, or one line saying its backend cannot be one."""
+    if not isinstance(gen, OptionScorer):
+        raise UserError(f"judge.mode: 'constrained' reads next-token probabilities, which the "
+                        f"{type(gen).__name__} backend does not give; use judge.mode: generate")
+    return gen
 
 
 def _completions(gen: Any, problems: Sequence[Problem], params: SamplingParams, batch_size: int, desc: str):
@@ -228,10 +241,7 @@ class LLMJudge:
         return self.run.generator(self.cfg.model)
 
     def _constrained(self, items: list[_Item]) -> dict[str, dict[str, Any]]:
-        gen = self._generator()
-        if not isinstance(gen, OptionScorer):
-            raise UserError(f"judge.mode: 'constrained' reads next-token probabilities, which the "
-                            f"{type(gen).__name__} backend does not give; use judge.mode: generate")
+        gen = _option_scorer(self._generator())
         digits = [str(d) for d in range(LOW, HIGH + 1)]
         rows: list[list[float]] = [[] for _ in items]
         size = self.cfg.batch_size
@@ -337,15 +347,8 @@ _PAIR_LINE = re.compile(r"^[\s#*_>`-]*better\s+response\s*[:=]\s*\**\s*([AB])\b[
 
 def parse_choice(output: str, fences: Sequence[Fence]) -> str | None:
     """The judge's last 'Better response: A|B' line outside any echo of the fenced responses."""
-    text = unicodedata.normalize("NFKC", output)
-    for f in fences:
-        text = re.sub(re.escape(f.open) + r".*?(?:" + re.escape(f.close) + r"|\Z)", "\n", text, flags=re.DOTALL)
-    found = None
-    for line in text.splitlines():
-        m = _PAIR_LINE.match(line)
-        if m:
-            found = m.group(1).upper()
-    return found
+    found = _last_line(output, fences, _PAIR_LINE)
+    return found.group(1).upper() if found else None
 
 
 class PairwiseJudge:
@@ -370,10 +373,7 @@ class PairwiseJudge:
     def _choices(self, asks: list[tuple[Problem, list[Fence]]]) -> list[str | None]:
         problems = [p for p, _ in asks]
         if self.cfg.mode == "constrained":
-            if not isinstance(self.gen, OptionScorer):
-                raise UserError(f"judge.mode: 'constrained' reads next-token probabilities, which the "
-                                f"{type(self.gen).__name__} backend does not give; use judge.mode: generate")
-            rows = self.gen.option_logprobs(problems, PAIR_PREFIX, ["A", "B"], self.cfg.batch_size)
+            rows = _option_scorer(self.gen).option_logprobs(problems, PAIR_PREFIX, ["A", "B"], self.cfg.batch_size)
             return ["A" if a > b else "B" if b > a else None for a, b in rows]
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.max_new_tokens, seed=self.seed)
         fences = {p.id: f for p, f in asks}
