@@ -40,6 +40,16 @@ class PassFirstFromBase(PassFirst):
         return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
 
 
+class PassHinted(PassFirst):
+    """Passes only samples asked with a hint in the prompt (STaR's rationalizations): every plain try fails."""
+
+    name = "pass-hinted"
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        passed = "Hint:" in problem.prompt
+        return Verdict(sample.id, problem.id, float(passed), passed, None, self.name)
+
+
 class LengthProxy(PassFirst):
     """A planted reward hack: passes any completion of at least 5 tokens, whatever it says."""
 

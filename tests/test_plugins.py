@@ -150,8 +150,8 @@ def test_a_user_recipe_that_does_not_exist_is_one_clear_line(tiny_model, sums_js
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "selfplay: error: recipe: module 'tests.plugins' has no attribute 'nope'")
     assert not (tmp_path / "t").exists()
-    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, recipe="spin"))
-    assert proc.returncode == 2 and "recipe: unknown 'spin'; built-ins are rft" in proc.stderr
+    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, recipe="spinn"))
+    assert proc.returncode == 2 and "recipe: unknown 'spinn'" in proc.stderr and "did you mean 'spin'" in proc.stderr
 
 
 def test_a_recipe_without_a_train_stage_feeds_the_model_it_returns_to_the_next_iteration(tiny_model, sums_jsonl,

@@ -56,17 +56,15 @@ def _finish(ctx: driver.RunContext, recipe: Recipe) -> list[dict[str, Any]]:
 def run(cfg: configlib.RunConfig, allow_change: bool = False) -> list[dict[str, Any]]:
     """Start a run (or continue it when its folder holds the same config); return the metrics table."""
     recipe = resolve_recipe(cfg.recipe)
-    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change), recipe)
+    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change, getattr(recipe, "check", None)), recipe)
 
 
 def resume(run_path: Path | str, overrides: list[str] = (), allow_change: bool = False) -> list[dict[str, Any]]:
     """Continue a run from its last finished stage, under its frozen config (plus allowed overrides)."""
-    ctx = driver.reopen(Path(run_path), list(overrides), allow_change)
-    try:
-        recipe = resolve_recipe(ctx.cfg.recipe)
-    except BaseException:
-        ctx.rundir.unlock()
-        raise
+    frozen = RunDir(Path(run_path)).require().frozen_config()
+    recipe_name = configlib.apply_overrides({"recipe": frozen.recipe}, list(overrides)).get("recipe", frozen.recipe)
+    recipe = resolve_recipe(recipe_name)
+    ctx = driver.reopen(Path(run_path), list(overrides), allow_change, getattr(recipe, "check", None))
     return _finish(ctx, recipe)
 
 

@@ -47,8 +47,9 @@ class TaskSource(_Section):
     source: str = Field(
         "reasoning_gym",
         description="'reasoning_gym' (a procedural dataset), 'jsonl' (a file), 'instructions' (IFEval-style writing "
-        "requests with checkable constraints), 'ifbench' (IFBench's test prompts, evaluation only), or a user's "
-        "task factory 'module:attr', called with this section.",
+        "requests with checkable constraints), 'ifbench' (IFBench's test prompts, evaluation only), 'prompts' "
+        "(open-ended prompts with no reference answer, scored by the LLM judge), or a user's task factory "
+        "'module:attr', called with this section.",
     )
     dataset: str = Field("", description="reasoning-gym dataset name (source: reasoning_gym).")
     params: dict[str, Any] = Field(
@@ -58,7 +59,8 @@ class TaskSource(_Section):
         "Not given: the dataset's own defaults (for basic_arithmetic: the tuned settings in docs/guide.md).",
     )
     path: str | None = Field(
-        None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl)."
+        None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl; source: "
+        "prompts, where null means builtin:assistant-prompts)."
     )
     seed: int = Field(0, description="Seed for problem generation and the split.")
     one_shot: bool = Field(True, description="Prepend a short worked example that shows the answer format.")
@@ -113,7 +115,9 @@ class SamplingSection(_Section):
 class GenerateConfig(SamplingSection):
     backend: str = Field(
         "continuous",
-        description="Generation backend: 'continuous' (default), 'transformers', 'vllm' or a factory 'module:attr'.",
+        description="Generation backend: 'continuous' (default), 'transformers', 'vllm', 'openai' (an "
+        "OpenAI-compatible server: options base_url, or launch: transformers | vllm | a command) or a factory "
+        "'module:attr'.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Settings passed to the backend's factory as keyword arguments."
@@ -315,6 +319,107 @@ class JudgeConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Judge prompts decoded or scored at once.")
 
 
+class StarConfig(_Section):
+    """STaR rationalization: a second try, with the answer as a hint, for training problems no sample solved."""
+
+    rationalize: bool = Field(True, description="Retry unsolved training problems with the reference answer as a "
+                              "hint (off: plain RFT).")
+    hint: str = Field(
+        "Hint: the correct answer is {answer}. Show how to reach it.",
+        description="The hint added to the prompt of an unsolved problem; {answer} is its reference. Training "
+        "examples never contain it.",
+    )
+    samples: int = Field(4, ge=1, description="Hinted samples per unsolved problem.")
+    drop_mentions: list[str] = Field(
+        default_factory=lambda: ["hint", "given answer", "answer is given", "we are told", "as stated"],
+        description="A rationalization that mentions any of these (case-insensitive) leans on the hint and is "
+        "dropped: without the hint in its prompt it would teach the model to cite a hint it never saw.",
+    )
+
+
+class SpinConfig(_Section):
+    """SPIN: the demonstration is chosen, the model's own answer to the same prompt is rejected."""
+
+    drop_identical: bool = Field(True, description="Make no pair when the model's answer already equals the "
+                                 "demonstration (after whitespace).")
+
+
+class TeacherConfig(_Section):
+    """Distillation: who answers the prompts the student is trained on."""
+
+    model: str = Field(
+        "", description="A local model folder, 'embedded:NAME', or an OpenAI-compatible endpoint URL "
+        "(http://HOST:PORT/v1) whose chat completions answer the prompts.",
+    )
+    served_model: str | None = Field(None, description="The endpoint's model name (null: the first it lists).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once (endpoint).")
+    timeout: float = Field(120.0, gt=0, description="Seconds per request (endpoint).")
+    retries: int = Field(3, ge=0, description="Retries with backoff for a failed request (endpoint).")
+    samples: int = Field(1, ge=1, description="Teacher answers per prompt.")
+    temperature: float = Field(0.0, ge=0.0, description="Teacher sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Teacher nucleus threshold.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Cap on teacher tokens (null: generate.max_new_tokens).")
+    verify: bool = Field(True, description="Keep only teacher answers the run's verifier passes (off: keep all).")
+
+    @property
+    def is_endpoint(self) -> bool:
+        return self.model.startswith(("http://", "https://"))
+
+
+class ConstitutionConfig(_Section):
+    """Constitutional AI: the model critiques and revises its own answers by written principles."""
+
+    path: str = Field(
+        "builtin:constitution", description="The principles: a JSONL file of {name, critique, revision, compare?} "
+        "objects, or 'builtin:constitution' (helpful and harmless) or 'builtin:follow-instructions' (the "
+        "instruction task's constraints).",
+    )
+    rounds: int = Field(1, ge=1, le=8, description="Critique-and-revise rounds per response, each by a principle "
+                        "drawn at random (seeded by run seed, iteration, response and round).")
+    phase: Literal["supervised", "preference"] = Field(
+        "supervised", description="'supervised': SFT on the final revisions; 'preference' (RLAIF): DPO on pairs.",
+    )
+    pairs: Literal["revision", "judged"] = Field(
+        "revision", description="Preference pairs: 'revision' (the final revision chosen, the first response "
+        "rejected) or 'judged' (the judge.model compares two responses by a principle in both orders; only "
+        "agreeing judgements make a pair).",
+    )
+    responses: int | None = Field(
+        None, ge=1, description="Responses sampled per training prompt, each critiqued and revised (null: 1; "
+        "pairs: judged always samples 2). generate.samples_per_problem is not used by this recipe.",
+    )
+    critique_max_new_tokens: int = Field(96, ge=1, description="Cap on tokens per critique.")
+    revision_max_new_tokens: int | None = Field(
+        None, ge=1, description="Cap on tokens per revision (null: generate.max_new_tokens)."
+    )
+    keep_truncated: bool = Field(
+        False, description="Keep a revision that hit its token cap (off: it falls back to the previous text, as an "
+        "empty one does; both are counted).",
+    )
+    drop_unchanged: bool = Field(
+        False, description="Train only on responses the revisions changed (off: an unchanged response is kept).",
+    )
+    verify: bool = Field(False, description="Keep only final revisions that the run's verifier passes.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ConstitutionConfig:
+        if self.phase == "preference" and self.pairs == "judged" and self.responses not in (None, 2):
+            raise ValueError(f"responses: pairs: judged compares two responses per prompt; leave it unset (got "
+                             f"{self.responses})")
+        from selfplay.tasks.prompts import load_constitution  # a bad file is caught before any work starts
+
+        try:
+            load_constitution(self.path)
+        except UserError as e:
+            raise ValueError(f"path: {str(e).removeprefix('constitution.path: ')}") from None
+        return self
+
+    @property
+    def responses_per_prompt(self) -> int:
+        return 2 if self.phase == "preference" and self.pairs == "judged" else self.responses or 1
+
+
 class ReviewConfig(_Section):
     every: int = Field(0, ge=0, description="Pause after the filter stage of every Nth iteration for review (0: off).")
     sample_size: int = Field(20, ge=1, description="Training examples shown to the reviewer.")
@@ -325,8 +430,11 @@ class RunConfig(_Section):
     name: str = Field("rft-default", description="Run name: its folder is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Folder that holds run folders.")
     recipe: str = Field(
-        "rft", description="What one iteration does: 'rft' (rejection-sampling fine-tuning), 'self_rewarding' "
-        "(own judge, best-vs-worst pairs, DPO) or a user's 'module:attr'."
+        "rft", description="What one iteration does: 'rft' (rejection-sampling fine-tuning), 'star' (RFT plus "
+        "hinted retries of unsolved problems), 'self_rewarding' (own judge, best-vs-worst pairs, DPO), 'spin' "
+        "(demonstration chosen, own answer rejected, DPO), 'sft' (the demonstrations, supervised), 'distill' (a "
+        "teacher's answers, supervised), 'constitutional' (critique and revision by written principles, then SFT or "
+        "DPO) or a user's 'module:attr'."
     )
     iterations: int = Field(2, ge=1, le=MAX_ITERATIONS, description=f"Iterations to run (capped at {MAX_ITERATIONS}).")
     seed: int = Field(0, description="Seed for sampling and training.")
@@ -339,6 +447,12 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation every iteration.")
     guards: GuardsConfig = Field(default_factory=GuardsConfig, description="Checks for the known failure modes.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The LLM judge (Self-Rewarding).")
+    star: StarConfig = Field(default_factory=StarConfig, description="STaR rationalization (recipe: star).")
+    spin: SpinConfig = Field(default_factory=SpinConfig, description="SPIN (recipe: spin).")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The teacher (recipe: distill).")
+    constitution: ConstitutionConfig = Field(
+        default_factory=ConstitutionConfig, description="Principles, critiques and revisions (recipe: constitutional)."
+    )
     stop: StopConfig = Field(default_factory=StopConfig, description="When a run stops early.")
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Human review gates.")
 
@@ -351,6 +465,13 @@ class RunConfig(_Section):
         metrics = ["greedy_accuracy"] + ([f"pass@{self.eval.pass_k}"] if self.eval.samples else [])
         if self.stop.metric not in metrics:
             raise ValueError(f"stop.metric: {self.stop.metric!r} is not measured; choose one of {metrics}")
+        if self.recipe == "spin" and self.train.init_from != "previous":
+            raise ValueError("train.init_from: SPIN trains from, and against, the previous iteration's model; "
+                             "set train.init_from: previous")
+        if self.recipe == "distill" and not self.teacher.model:
+            raise ValueError("teacher.model: required by recipe 'distill' (a model folder or an endpoint URL)")
+        if "{answer}" not in self.star.hint:
+            raise ValueError(f"star.hint: must contain {{answer}} (got {self.star.hint!r})")
         names = [c.name for c in self.guards.control]
         if len(set(names)) != len(names):
             raise ValueError(f"guards.control: names must be unique (got {names})")

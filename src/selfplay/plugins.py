@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +16,10 @@ def resolve(name: str, builtins: Mapping[str, Any], field: str) -> Any:
         return builtins[name]
     if ":" not in name:
         known = ", ".join(sorted(builtins))
-        raise UserError(f"{field}: unknown '{name}'; built-ins are {known}, or give a user object as 'module:attr'")
+        close = difflib.get_close_matches(name, list(builtins), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"{field}: unknown '{name}'{hint}; built-ins are {known}, or give a user object as "
+                        "'module:attr'")
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -13,16 +13,20 @@ from typing import Any
 from selfplay.generation.base import Completion, Generator, SamplingParams, sample_batches
 from selfplay.generation.continuous import ContinuousGenerator, continuous_backend
 from selfplay.generation.hf import TransformersGenerator, transformers_backend
+from selfplay.generation.openai_compat import OpenAIClient, OpenAIGenerator, openai_backend
 from selfplay.generation.vllm import vllm_backend
 from selfplay.models import Placement
 from selfplay.plugins import check_call, resolve
 
 __all__ = [
-    "GENERATORS", "Completion", "ContinuousGenerator", "Generator", "SamplingParams", "TransformersGenerator",
-    "build_generator", "sample_batches",
+    "GENERATORS", "Completion", "ContinuousGenerator", "Generator", "OpenAIClient", "OpenAIGenerator",
+    "SamplingParams", "TransformersGenerator", "build_generator", "sample_batches",
 ]
 
-GENERATORS = {"continuous": continuous_backend, "transformers": transformers_backend, "vllm": vllm_backend}
+GENERATORS = {
+    "continuous": continuous_backend, "openai": openai_backend, "transformers": transformers_backend,
+    "vllm": vllm_backend,
+}
 
 
 def build_generator(backend: str, model_path: Path, where: Placement, options: dict[str, Any]) -> Generator:

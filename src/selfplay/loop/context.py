@@ -125,6 +125,10 @@ class RunContext:
         g = self.cfg.guards
         return build_index(items, g.contamination_n, g.contamination_boilerplate)
 
+    def records(self, i: int, name: str, record_type: type) -> list[Any]:
+        """The records of iteration `i`'s file `<name>.jsonl` (a stage's output), for a recipe's own selection."""
+        return load_records(self.rundir.iter_dir(i) / f"{name}.jsonl", record_type)
+
     # -- the stages, for recipes -----------------------------------------------------------------
     def stage(self, i: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run a stage of your own through the runner (skip when done, timing, state, atomic summary)."""
@@ -135,17 +139,36 @@ class RunContext:
     def _stage(self, i: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return run_stage(self.rundir, i, name, fn)
 
-    def generate(self, i: int, problems: Sequence[Problem], source: Path, params: SamplingParams) -> dict[str, Any]:
-        """samples.jsonl: `params.n` completions per problem from the model at `source`."""
-        it_dir = self.rundir.iter_dir(i)
-        return self._stage(i, "generate", lambda: stages.generate(
-            it_dir, problems, lambda: self.pool.generator(source), source, params, self.cfg.generate.batch_size))
+    def generate(
+        self, i: int, problems: Sequence[Problem], source: Path | str, params: SamplingParams, *,
+        stage: str = "generate", out: str = "samples", generator: Callable[[], Generator] | None = None,
+    ) -> dict[str, Any]:
+        """samples.jsonl: `params.n` completions per problem from the model at `source`.
 
-    def verify(self, i: int, problems: Sequence[Problem], verifier: Verifier | None = None) -> dict[str, Any]:
-        """verdicts.jsonl: every sample judged by `verifier` (default: the run's)."""
+        A recipe that samples more than once in an iteration (a hinted retry, a critique, a revision) names
+        another `stage` and `out` file; `generator` replaces the run's pool (a teacher, a server).
+        """
+        it_dir = self.rundir.iter_dir(i)
+        make = generator or (lambda: self.pool.generator(Path(source)))
+        self._check_name(stage, "generate")
+        return self._stage(i, stage, lambda: stages.generate(
+            it_dir, problems, make, source, params, self.cfg.generate.batch_size, out=out))
+
+    def verify(
+        self, i: int, problems: Sequence[Problem], verifier: Verifier | None = None, *, stage: str = "verify",
+        samples: str = "samples", out: str = "verdicts",
+    ) -> dict[str, Any]:
+        """verdicts.jsonl: every sample of `<samples>.jsonl` judged by `verifier` (default: the run's)."""
         it_dir = self.rundir.iter_dir(i)
         chosen = verifier or self.verifier
-        return self._stage(i, "verify", lambda: stages.verify(it_dir, problems, chosen, self.cfg.verify.batch_size))
+        self._check_name(stage, "verify")
+        return self._stage(i, stage, lambda: stages.verify(
+            it_dir, problems, chosen, self.cfg.verify.batch_size, samples_file=samples, out=out))
+
+    @staticmethod
+    def _check_name(stage: str, own: str) -> None:
+        if stage != own and stage in STAGES:
+            raise ValueError(f"stage name '{stage}' is taken by a built-in stage ({', '.join(STAGES)}); pick another")
 
     def select(self, i: int, problems: Sequence[Problem], select: stages.Select, record_type: type) -> dict[str, Any]:
         """train.jsonl or pairs.jsonl: the records `select` makes from the verdicts, minus contaminated ones."""

@@ -94,7 +94,14 @@ def check_disjoint(train: list[Problem], heldout: list[Problem]) -> None:
         raise UserError(f"held-out problems also appear in the training split: {', '.join(leaked[:5])}")
 
 
-def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> RunContext:
+def open_run(
+    cfg: configlib.RunConfig, run_path: Path, allow_change: bool, check: Callable[..., None] | None = None,
+) -> RunContext:
+    """Lock and check the run folder, freeze config and splits, and build the run's parts.
+
+    `check(cfg, task, train_problems)`, a recipe's own check, refuses a task it cannot run before anything
+    is written (SPIN without demonstrations).
+    """
     rundir = RunDir(run_path)
     made = rundir.create()
     rundir.lock()
@@ -103,8 +110,15 @@ def open_run(cfg: configlib.RunConfig, run_path: Path, allow_change: bool) -> Ru
         rundir.check_config(cfg, allow_change)
         task = build_task(cfg.task)
         problems = load_problems(rundir, task)
+        if check is not None:
+            check(cfg, task, problems.train)
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
+        if cfg.teacher.model and not cfg.teacher.is_endpoint:
+            try:  # a local teacher is checked (and an embedded one converted) before anything is written
+                resolve_model_path(cfg.teacher.model)
+            except UserError as e:
+                raise UserError(f"teacher.model: {str(e).removeprefix('model.path: ')}") from None
         models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options), base_path)
         controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format, models)
         v = cfg.verify
@@ -200,13 +214,15 @@ def _mark_interrupted(rundir: RunDir) -> None:
         pass
 
 
-def reopen(run_path: Path, overrides: list[str], allow_change: bool) -> RunContext:
+def reopen(
+    run_path: Path, overrides: list[str], allow_change: bool, check: Callable[..., None] | None = None,
+) -> RunContext:
     """Open an existing run with its frozen config, plus overrides."""
     rundir = RunDir(run_path).require()
     data = rundir.frozen_config().model_dump(mode="json")
     cfg = configlib.validate(configlib.apply_overrides(data, overrides), f"{rundir.config_path} + overrides")
     # The folder named on the command line is the run, wherever it has been moved since it started.
-    return open_run(cfg, rundir.path, allow_change)
+    return open_run(cfg, rundir.path, allow_change, check)
 
 
 def format_table(rows: list[dict[str, Any]], pass_k: int | None) -> str:

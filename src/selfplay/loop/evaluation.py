@@ -30,7 +30,6 @@ from selfplay.guards.embedding import embedding_spread, find_embedding_model
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
 from selfplay.interfaces import Generator
 from selfplay.loop.context import RunContext
-from selfplay.loop.rundir import load_records
 from selfplay.records import Problem, Sample, Verdict, from_dict, to_dict
 from selfplay.results import Decision, Evaluation, GuardResult
 from selfplay.tasks import fresh_problems
@@ -143,7 +142,7 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
     records = ctx.rundir.train_records(i) if i > 0 else None
     if records is not None:
         trained_ids = {sid for r in records for sid in r.sample_ids[:1]}  # the kept (chosen) side
-        samples = [s for s in load_records(ctx.rundir.iter_dir(i) / "samples.jsonl", Sample) if s.id in trained_ids]
+        samples = [from_dict(Sample, s) for s in ctx.rundir.iteration_rows(i, "samples_file") if s["id"] in trained_ids]
         by_id = {p.id: p for p in ctx.train_problems}
         kept = [s for s in samples if s.problem_id in by_id]
         passed = [v.passed for v in _judge(ctx.gold, ctx.train_problems, kept)]

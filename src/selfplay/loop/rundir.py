@@ -106,6 +106,23 @@ class RunDir:
         found = self.train_file(i)
         return load_records(*found) if found else None
 
+    def stage_outputs(self, i: int, key: str) -> list[Path]:
+        """Files of iteration `i` that its stage summaries name under `key` ('samples_file', 'verdicts_file').
+
+        A recipe may sample more than once in an iteration (STaR's hinted retries write
+        rationalize-samples.jsonl); the lineage and the audits read every such file. A run from before the
+        summaries named their files has the two plain ones.
+        """
+        it_dir = self.iter_dir(i)
+        names = {read_json(p).get(key) for p in sorted(it_dir.glob("*.json"))} - {None}
+        if not names:
+            names = {"samples.jsonl" if key == "samples_file" else "verdicts.jsonl"}
+        return [it_dir / n for n in sorted(names) if (it_dir / n).is_file()]
+
+    def iteration_rows(self, i: int, key: str) -> list[dict[str, Any]]:
+        """Every row of the files `stage_outputs(i, key)` names (samples or verdicts, as dicts)."""
+        return [row for path in self.stage_outputs(i, key) for row in read_jsonl(path)]
+
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
@@ -208,7 +225,9 @@ class RunDir:
             it_dir = self.iter_dir(i)
             row: dict[str, Any] = {"iteration": i, **evaluation.metrics, **evaluation.figures()}
             seconds = {}
-            for stage in STAGES:
+            # The built-in stages first, then any a recipe ran of its own (a hinted retry, a critique, ...).
+            own = sorted(p.stem for p in it_dir.glob("*.json") if p.stem not in STAGES)
+            for stage in (*STAGES, *own):
                 summary = it_dir / f"{stage}.json"
                 if summary.is_file():
                     data = read_json(summary)

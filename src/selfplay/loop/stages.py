@@ -41,20 +41,21 @@ def _recover(partial: Path, what: str) -> tuple[list[dict[str, Any]], bool]:
 
 
 def generate(
-    it_dir: Path, problems: Sequence[Problem], generator: Callable[[], Generator], model_path: Path,
-    params: SamplingParams, batch_size: int,
+    it_dir: Path, problems: Sequence[Problem], generator: Callable[[], Generator], model_path: Path | str,
+    params: SamplingParams, batch_size: int, out: str = "samples",
 ) -> dict[str, Any]:
-    """Sample `params.n` completions per problem into samples.jsonl, resuming after a crash.
+    """Sample `params.n` completions per problem into `<out>.jsonl` (samples.jsonl), resuming after a crash.
 
     `generator` is called only when there is something left to sample, so a resume that finds every
     problem on disk loads no model.
     """
-    partial = it_dir / "samples.partial.jsonl"
-    final = it_dir / "samples.jsonl"
+    partial = it_dir / f"{out}.partial.jsonl"
+    final = it_dir / f"{out}.jsonl"
     if final.is_file() and not partial.exists():
         # Killed after the samples were complete but before the summary: nothing is left to sample.
         rows = read_jsonl(final)
-        return _generate_summary(problems, params, model_path, len({r["problem_id"] for r in rows}), 0, 0.0)
+        return _generate_summary(problems, params, model_path, len({r["problem_id"] for r in rows}), 0, 0.0,
+                                 final.name)
     rows, torn = _recover(partial, "regenerating it")
     # Keep only problems whose k samples all made it to disk; the rest are sampled again.
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -66,25 +67,26 @@ def generate(
     if torn or len(kept) != len(rows):
         atomic_write_jsonl(partial, kept)
     if complete:
-        _log(f"{it_dir.name}/generate: resuming; {len(complete)} of {len(problems)} problems already sampled")
+        _log(f"{it_dir.name}/{out}.jsonl: resuming; {len(complete)} of {len(problems)} problems already sampled")
     remaining = [p for p in problems if p.id not in complete]
     start = time.perf_counter()
     tokens = 0
     if remaining:
         seeded = replace(params, seed=params.seed + len(complete))
-        with JsonlAppender(partial) as out:
-            for batch in sample_batches(generator(), remaining, seeded, batch_size, desc=f"{it_dir.name} generate"):
-                out.write_many(to_dict(s) for s in batch)
+        with JsonlAppender(partial) as sink:
+            for batch in sample_batches(generator(), remaining, seeded, batch_size, desc=f"{it_dir.name} {out}"):
+                sink.write_many(to_dict(s) for s in batch)
                 tokens += sum(s.num_tokens for s in batch)
     seconds = time.perf_counter() - start
     partial.touch()
     partial.replace(final)
-    return _generate_summary(problems, params, model_path, len(complete), tokens, seconds)
+    return _generate_summary(problems, params, model_path, len(complete), tokens, seconds, final.name)
 
 
-def _generate_summary(problems: Sequence[Problem], params: SamplingParams, model_path: Path, resumed: int,
-                      tokens: int, seconds: float) -> dict[str, Any]:
+def _generate_summary(problems: Sequence[Problem], params: SamplingParams, model_path: Path | str, resumed: int,
+                      tokens: int, seconds: float, file: str) -> dict[str, Any]:
     return {
+        "samples_file": file,
         "samples": len(problems) * params.n,
         "problems": len(problems),
         "resumed_problems": resumed,
@@ -96,37 +98,43 @@ def _generate_summary(problems: Sequence[Problem], params: SamplingParams, model
     }
 
 
-def verify(it_dir: Path, problems: Sequence[Problem], verifier: Verifier, batch_size: int) -> dict[str, Any]:
-    """Judge every sample into verdicts.jsonl, `batch_size` at a time; a resume skips samples already judged."""
+def verify(
+    it_dir: Path, problems: Sequence[Problem], verifier: Verifier, batch_size: int, samples_file: str = "samples",
+    out: str = "verdicts",
+) -> dict[str, Any]:
+    """Judge every sample of `<samples_file>.jsonl` into `<out>.jsonl`, `batch_size` at a time; a resume skips
+    samples already judged."""
     start = time.perf_counter()
     by_id = {p.id: p for p in problems}
-    samples = load_records(it_dir / "samples.jsonl", Sample)
-    partial = it_dir / "verdicts.partial.jsonl"
-    final = it_dir / "verdicts.jsonl"
+    samples = load_records(it_dir / f"{samples_file}.jsonl", Sample)
+    partial = it_dir / f"{out}.partial.jsonl"
+    final = it_dir / f"{out}.jsonl"
     if final.is_file() and not partial.exists():
         # Killed after every sample was judged but before the summary: judge nothing again.
-        return _verify_summary(verifier, load_records(final, Verdict), len(samples), start)
+        return _verify_summary(verifier, load_records(final, Verdict), len(samples), start, final.name)
     rows, torn = _recover(partial, "judging it again")
     if torn:
         atomic_write_jsonl(partial, rows)  # the torn line goes before anything is appended after it
     done = {row["sample_id"] for row in rows}
     if done:
-        _log(f"{it_dir.name}/verify: resuming; {len(done)} of {len(samples)} samples already judged")
+        _log(f"{it_dir.name}/{out}.jsonl: resuming; {len(done)} of {len(samples)} samples already judged")
     todo = [s for s in samples if s.id not in done]
-    with JsonlAppender(partial) as out:
+    with JsonlAppender(partial) as sink:
         for b in range(0, len(todo), batch_size):
             chunk = todo[b : b + batch_size]
-            out.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
+            sink.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
     # Verdicts in sample order, whatever order the batches finished in.
     order = {s.id: n for n, s in enumerate(samples)}
     verdicts = sorted(load_records(partial, Verdict), key=lambda v: order[v.sample_id])
     atomic_write_jsonl(final, (to_dict(v) for v in verdicts))
     partial.unlink()
-    return _verify_summary(verifier, verdicts, len(done), start)
+    return _verify_summary(verifier, verdicts, len(done), start, final.name)
 
 
-def _verify_summary(verifier: Verifier, verdicts: Sequence[Verdict], resumed: int, start: float) -> dict[str, Any]:
+def _verify_summary(verifier: Verifier, verdicts: Sequence[Verdict], resumed: int, start: float, file: str
+                    ) -> dict[str, Any]:
     return {
+        "verdicts_file": file,
         "verifier": verifier.name,
         "samples": len(verdicts),
         "passed": sum(v.passed for v in verdicts),
@@ -144,8 +152,9 @@ def filter_(
     The records go to train.jsonl (Examples) or pairs.jsonl (Pairs); dropped overlaps to contaminated.jsonl.
     """
     start = time.perf_counter()
-    samples = load_records(it_dir / "samples.jsonl", Sample)
-    verdicts = load_records(it_dir / "verdicts.jsonl", Verdict)
+    # A recipe that samples nothing (supervised training on demonstrations) selects from no samples.
+    samples = load_records(it_dir / "samples.jsonl", Sample) if (it_dir / "samples.jsonl").is_file() else []
+    verdicts = load_records(it_dir / "verdicts.jsonl", Verdict) if (it_dir / "verdicts.jsonl").is_file() else []
     records, stats = select(problems, samples, verdicts)
     dropped: list[dict[str, str]] = []
     if index is not None:

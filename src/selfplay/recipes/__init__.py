@@ -5,8 +5,16 @@ methods (generate, verify, select, review, train, or `ctx.stage` for one of its 
 model at `source`, and returns the trained model's folder. The driver evaluates it and applies the stop rules.
 """
 
-from selfplay.recipes import rft, self_rewarding
+from selfplay.recipes import constitutional, distill, rft, self_rewarding, sft, spin, star
 
-RECIPES = {"rft": rft.run_iteration, "self_rewarding": self_rewarding.run_iteration}
+RECIPES = {
+    "rft": rft.run_iteration,
+    "star": star.run_iteration,
+    "self_rewarding": self_rewarding.run_iteration,
+    "spin": spin.run_iteration,
+    "sft": sft.run_iteration,
+    "distill": distill.run_iteration,
+    "constitutional": constitutional.run_iteration,
+}
 
 __all__ = ["RECIPES"]

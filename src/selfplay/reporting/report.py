@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfplay.files import atomic_write_text, read_jsonl
+from selfplay.files import atomic_write_text
 from selfplay.loop.rundir import STAGES, RunDir, load_records
 from selfplay.records import Problem
 from selfplay.reporting.tensorboard import write_tensorboard
@@ -143,7 +143,8 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, Eval
     def seconds(ax):
         bottom = [0.0] * len(rows)
         xs = _iters(rows)
-        for stage in STAGES:
+        own = sorted({s for r in rows for s in (r.get("seconds") or {}) if s not in STAGES})  # a recipe's own stages
+        for stage in (*STAGES, *own):
             vals = [(r.get("seconds") or {}).get(stage) or 0.0 for r in rows]
             if any(vals):
                 ax.bar(xs, vals, bottom=bottom, label=stage)
@@ -251,11 +252,10 @@ def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
     if not trained:
         return "<p>No training data yet.</p>"
     i = trained[-1]
-    it_dir = rundir.iter_dir(i)
     train_path = rundir.problems_dir / "train.jsonl"
     problems = {p.id: p for p in load_records(train_path, Problem)} if train_path.is_file() else {}
-    samples = {s["id"]: s for s in read_jsonl(it_dir / "samples.jsonl")}
-    verdicts = {v["sample_id"]: v for v in read_jsonl(it_dir / "verdicts.jsonl")}
+    samples = {s["id"]: s for s in rundir.iteration_rows(i, "samples_file")}
+    verdicts = {v["sample_id"]: v for v in rundir.iteration_rows(i, "verdicts_file")}
     path, cls = rundir.train_file(i)
     records = load_records(path, cls)
     rows = []

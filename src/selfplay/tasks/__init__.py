@@ -17,6 +17,7 @@ from selfplay.tasks.base import ANSWER_INSTRUCTION, RawItem, Split, exemplar_ite
 from selfplay.tasks.ifbench import IfBenchTask
 from selfplay.tasks.instructions import InstructionsTask
 from selfplay.tasks.jsonl import JsonlTask
+from selfplay.tasks.prompts import DEFAULT_PROMPTS, PromptsTask
 from selfplay.tasks.reasoning_gym import ReasoningGymTask
 
 __all__ = [
@@ -42,7 +43,14 @@ def _ifbench(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
     return IfBenchTask(dict(cfg.params), eval_size, cfg.seed)
 
 
-TASKS = {"reasoning_gym": _reasoning_gym, "jsonl": _jsonl, "instructions": _instructions, "ifbench": _ifbench}
+def _prompts(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    return PromptsTask(cfg.path or DEFAULT_PROMPTS, train_size, eval_size, cfg.seed)
+
+
+TASKS = {
+    "reasoning_gym": _reasoning_gym, "jsonl": _jsonl, "instructions": _instructions, "ifbench": _ifbench,
+    "prompts": _prompts,
+}
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -1,8 +1,9 @@
 """Problems from a JSONL file, checked by math-verify.
 
 One object per line with a 'prompt' and an 'answer'; an optional 'solution' (worked steps) is shown when the
-problem serves as the one-shot example, and an optional 'category' groups accuracy in the report. Other fields
-are kept in the problem's meta. A path 'builtin:NAME' names a file shipped in selfplay/data/.
+problem serves as the one-shot example, an optional 'response' is a whole written answer to learn from (the
+demonstration of the 'spin' and 'sft' recipes), and an optional 'category' groups accuracy in the report. Other
+fields are kept in the problem's meta. A path 'builtin:NAME' names a file shipped in selfplay/data/.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class JsonlTask:
             for key in ("prompt", "answer"):
                 if not isinstance(obj.get(key), (str, int, float)) or str(obj[key]).strip() == "":
                     raise UserError(f"{path}: line {lineno}: needs a non-empty '{key}' (string or number)")
-            meta = {k: v for k, v in obj.items() if k not in ("prompt", "answer")}
+            meta = {k: v for k, v in obj.items() if k not in ("prompt", "answer", "response")}
+            if obj.get("response") is not None:  # a written answer to learn from (SPIN, the 'sft' recipe)
+                if not isinstance(obj["response"], str) or not obj["response"].strip():
+                    raise UserError(f"{path}: line {lineno}: 'response' must be a non-empty string")
+                meta["demonstration"] = obj["response"]
             solution = obj.get("solution")
             items.append(
                 RawItem(str(obj["prompt"]), str(obj["answer"]), meta, str(solution) if solution is not None else None)

@@ -24,6 +24,45 @@ def _category(dataset: str, metadata: dict[str, Any]) -> str | None:
     return None
 
 
+def worked_steps(expression: str) -> str | None:
+    """An integer expression of + - * worked one operation at a time: '3 + 4 * 2 = 3 + 8 = 11'.
+
+    Multiplications first, then left to right, as the rules of arithmetic order them. None for anything else
+    (division, parentheses, unary minus), which gets no worked demonstration.
+    """
+    tokens = expression.split()
+    if len(tokens) < 3 or len(tokens) % 2 == 0:
+        return None
+    try:
+        terms = [int(t) for t in tokens[0::2]]
+    except ValueError:
+        return None
+    ops = tokens[1::2]
+    if any(op not in ("+", "-", "*") for op in ops):
+        return None
+    steps = [expression]
+    while ops:
+        k = ops.index("*") if "*" in ops else 0
+        a, b, op = terms[k], terms[k + 1], ops[k]
+        terms[k : k + 2] = [a * b if op == "*" else a + b if op == "+" else a - b]
+        del ops[k]
+        steps.append(_show(terms, ops))
+    return " = ".join(steps)
+
+
+def _show(terms: list[int], ops: list[str]) -> str:
+    return " ".join([str(terms[0])] + [f"{op} {t}" for op, t in zip(ops, terms[1:], strict=True)])
+
+
+def demonstration(metadata: dict[str, Any], answer: str) -> str | None:
+    """A worked reference answer in the prompt's format (SPIN's chosen side, the 'sft' recipe's data)."""
+    expression = metadata.get("expression")
+    steps = worked_steps(expression) if isinstance(expression, str) else None
+    if steps is None or steps.rsplit(" = ", 1)[-1] != answer.strip():
+        return None  # not an expression we can work, or one whose value is not the reference
+    return f"{steps}\nAnswer: {answer}"
+
+
 @dataclass
 class ReasoningGymTask:
     dataset: str
@@ -50,8 +89,15 @@ class ReasoningGymTask:
             ds = reasoning_gym.create_dataset(self.dataset, size=size, seed=self.seed, **self.params)
         except (TypeError, AssertionError, ValueError) as e:
             raise UserError(f"task.params: invalid for reasoning-gym '{self.dataset}': {e}") from None
-        items = []
+        items, wrong = [], 0
         for entry in ds:
+            expression = (entry.get("metadata") or {}).get("expression")
+            steps = worked_steps(expression) if isinstance(expression, str) else None
+            if steps is not None and steps.rsplit(" = ", 1)[-1] != str(entry["answer"]).strip():
+                # reasoning-gym 0.1.25 with allow_parentheses: false prints '4 + 2 - 2 * 10' but answers 40,
+                # the value of the unprinted tree ((4 + 2 - 2) * 10): a wrong reference would train errors.
+                wrong += 1
+                continue
             # Keep the entry JSON-safe so problems can be frozen in the run folder and re-scored later.
             safe = json.loads(json.dumps(entry, default=str))
             # No worked solution for the exemplar: measured on basic_arithmetic with SmolLM2-135M, showing
@@ -60,7 +106,13 @@ class ReasoningGymTask:
             category = _category(self.dataset, safe.get("metadata") or {})
             if category is not None:
                 meta["category"] = category
+            demo = demonstration(safe.get("metadata") or {}, str(entry["answer"]))
+            if demo is not None:
+                meta["demonstration"] = demo
             items.append(RawItem(question=entry["question"], answer=str(entry["answer"]), meta=meta))
+        if wrong:
+            print(f"task reasoning_gym:{self.dataset}: left out {wrong} of {size} generated problems whose reference "
+                  "answer ignores the order of operations (the expression shown has lost its parentheses)", flush=True)
         return items
 
     def _pool(self, need: int) -> list[RawItem]:

@@ -355,16 +355,18 @@ class PairwiseJudge:
     """Which of two responses is better, asked in both orders; a split decision is a tie.
 
     Used as a fixed evaluator (the frozen starting model compares iteration N's answers with iteration 0's),
-    so it is never the model being trained. Responses are neutralised and fenced as for scoring.
+    and by the constitutional recipe, whose `template` names a principle to compare by (the same slots as
+    PAIRWISE_TEMPLATE, and the same last line asked for). Responses are neutralised and fenced as for scoring.
     """
 
-    def __init__(self, cfg: Any, generator: Any, seed: int = 0, fence: Any = new_fence):
-        self.cfg, self.gen, self.seed, self.fence = cfg, generator, seed, fence
+    def __init__(self, cfg: Any, generator: Any, seed: int = 0, fence: Any = new_fence,
+                 template: str = PAIRWISE_TEMPLATE):
+        self.cfg, self.gen, self.seed, self.fence, self.template = cfg, generator, seed, fence, template
 
     def _problem(self, pid: str, prompt: str, first: str, second: str) -> tuple[Problem, list[Fence]]:
         fa = self.fence(first, second, prompt)
         fb = self.fence(first, second, prompt, fa.marker)
-        text = (PAIRWISE_TEMPLATE.replace("{fence_a_open}", fa.open).replace("{fence_a_close}", fa.close)
+        text = (self.template.replace("{fence_a_open}", fa.open).replace("{fence_a_close}", fa.close)
                 .replace("{fence_b_open}", fb.open).replace("{fence_b_close}", fb.close)
                 .replace("{prompt}", prompt).replace("{response_a}", fa.wrap(first))
                 .replace("{response_b}", fb.wrap(second)))

@@ -1,0 +1,110 @@
+"""STaR (Zelikman et al., 2022): rejection sampling plus rationalization, one iteration:
+
+sample k completions per training problem and keep the verified ones, as RFT does. Then, for the training
+problems that no sample solved, sample again with the reference answer given as a hint (`star.hint`), verify
+those rationalizations against the same reference, and keep the ones that reach it, trained on *without*
+the hint: the example's prompt is the problem's own. A rationalization that talks about the hint
+(`star.drop_mentions`) is dropped, since without the hint in its prompt it would teach the model to cite a
+hint it never saw.
+
+This is aimed at the self-consistency ceiling of plain RFT: once greedy accuracy meets pass@k, the problems
+the model never solves give no training signal; the hint turns some of them into examples.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from selfplay.filters import keep_verified
+from selfplay.loop.context import RunContext
+from selfplay.records import Example, Problem, Sample, Verdict
+from selfplay.training import SFT
+
+HINTED = "#hinted"  # marks a hinted problem's id, so its samples never share an id with the plain ones
+
+
+def hinted(problem: Problem, hint: str) -> Problem:
+    """The problem asked again with its reference answer as a hint, appended to its (last) user turn."""
+    text = hint.replace("{answer}", problem.reference)
+    pid = problem.id + HINTED
+    if problem.messages is None:
+        return replace(problem, id=pid, prompt=f"{problem.prompt}\n{text}")
+    turns = [dict(m) for m in problem.messages]
+    last = max(k for k, m in enumerate(turns) if m["role"] == "user")
+    turns[last]["content"] = f"{turns[last]['content']}\n{text}"
+    return replace(problem, id=pid, messages=turns)
+
+
+def unsolved(problems: Sequence[Problem], verdicts: Sequence[Verdict]) -> list[Problem]:
+    solved = {v.problem_id for v in verdicts if v.passed}
+    return [p for p in problems if p.id not in solved]
+
+
+def mentions(text: str, words: Sequence[str]) -> bool:
+    """Whether `text` mentions any of `words` as whole words (case-insensitive)."""
+    return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, re.IGNORECASE) for w in words if w.strip())
+
+
+def rationalizations(
+    problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict], *, iteration: int,
+    max_per_problem: int, drop_mentions: Sequence[str], dedupe: bool = True, drop_truncated: bool = True,
+) -> tuple[list[Example], dict[str, Any]]:
+    """SFT examples from the verified hinted samples, each under its problem's own prompt and id (no hint)."""
+    by_hinted_id = {p.id + HINTED: p for p in problems}
+    leaning = {s.id for s in samples if mentions(s.completion, drop_mentions)}
+    kept_verdicts = [v for v in verdicts if v.sample_id not in leaning]
+    # keep_verified reads the prompt from the problem it is given: the plain one, under the hinted id.
+    plain = [replace(p, id=hid) for hid, p in by_hinted_id.items()]
+    examples, stats = keep_verified(plain, samples, kept_verdicts, iteration=iteration,
+                                    max_per_problem=max_per_problem, dedupe=dedupe, drop_truncated=drop_truncated)
+    examples = [replace(e, problem_id=by_hinted_id[e.problem_id].id) for e in examples]
+    passed = {v.sample_id for v in verdicts if v.passed}
+    return examples, {
+        "problems": len({s.problem_id for s in samples}),
+        "samples": len(samples),
+        "passed": len(passed),
+        "dropped_mentioning_hint": len(leaning & passed),
+        "kept": len(examples),
+        "problems_reached": len({e.problem_id for e in examples}),
+        "truncated": stats.truncated,
+    }
+
+
+def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
+    cfg, star = ctx.cfg, ctx.cfg.star
+    params = cfg.generate.params(cfg.generate.samples_per_problem, cfg.seed + 1000 * i)
+    ctx.generate(i, ctx.train_problems, source, params)
+    ctx.verify(i, ctx.train_problems)
+    missed: list[Problem] = []
+    if star.rationalize:
+        missed = unsolved(ctx.train_problems, ctx.records(i, "verdicts", Verdict))
+        asked = [hinted(p, star.hint) for p in missed]
+        hint_params = cfg.generate.params(star.samples, cfg.seed + 1000 * i + 500)
+        ctx.generate(i, asked, source, hint_params, stage="rationalize", out="rationalize-samples")
+        ctx.verify(i, asked, stage="rationalize-verify", samples="rationalize-samples", out="rationalize-verdicts")
+
+    def select(problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict]):
+        f = cfg.filter
+        examples, stats = keep_verified(problems, samples, verdicts, iteration=i, max_per_problem=f.max_per_problem,
+                                        dedupe=f.dedupe, drop_truncated=f.drop_truncated)
+        out = stats.to_dict()
+        out["unsolved"] = len(missed)
+        if star.rationalize:
+            extra, rstats = rationalizations(
+                missed, ctx.records(i, "rationalize-samples", Sample), ctx.records(i, "rationalize-verdicts", Verdict),
+                iteration=i, max_per_problem=f.max_per_problem, drop_mentions=star.drop_mentions, dedupe=f.dedupe,
+                drop_truncated=f.drop_truncated)
+            examples += extra
+            out["rationalization"] = rstats
+            out["rationalized"] = rstats["kept"]
+            out["problems_reached"] = rstats["problems_reached"]
+        return examples, out
+
+    ctx.select(i, ctx.train_problems, select, Example)
+    removed = ctx.review(i)
+    init = ctx.base_path if cfg.train.init_from == "base" else source
+    return ctx.train(i, SFT(), init, source, removed)

@@ -1,0 +1,239 @@
+"""STaR, SPIN, SFT on demonstrations and distillation from a local teacher: their pieces, then whole CLI runs on
+the tiny model, each with a SIGKILL and a resume that redoes no finished stage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from selfplay.config import validate
+from selfplay.errors import UserError
+from selfplay.files import read_jsonl
+from selfplay.recipes.spin import spin_pairs
+from selfplay.recipes.star import hinted, mentions, rationalizations
+from selfplay.records import Problem, Sample, Verdict
+from selfplay.tasks import build_task
+from selfplay.tasks.reasoning_gym import demonstration, worked_steps
+from selfplay.verifiers import build_verifier
+from tests.conftest import run_cli, tiny_overrides, write_jsonl
+from tests.test_resume import _kill_when, _line_count, _start
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+def test_worked_steps_follow_the_order_of_operations():
+    assert worked_steps("3 + 4 * 2") == "3 + 4 * 2 = 3 + 8 = 11"
+    assert worked_steps("5 - 3 - 6") == "5 - 3 - 6 = 2 - 6 = -4"
+    assert worked_steps("1 - 2 * 3 * 4 + 5") == "1 - 2 * 3 * 4 + 5 = 1 - 6 * 4 + 5 = 1 - 24 + 5 = -23 + 5 = -18"
+    assert worked_steps("-15 + 4") == "-15 + 4 = -11"
+    for unsupported in ("8 / 2", "( 1 + 2 ) * 3", "-( 3 )", "7"):
+        assert worked_steps(unsupported) is None
+    assert demonstration({"expression": "2 + 2"}, "5") is None  # never a demonstration that disagrees with gold
+
+
+@pytest.mark.parametrize("dataset, params", [
+    ("basic_arithmetic", {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 1,
+                          "operators": ["+", "-", "*"], "allow_parentheses": False, "allow_negation": False}),
+    ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
+])
+def test_arithmetic_demonstrations_pass_the_tasks_own_checker(dataset, params):
+    cfg = validate({"task": {"dataset": dataset, "train_size": 40, "eval_size": 10, "params": params}}, "t")
+    task = build_task(cfg.task)
+    split = task.split()
+    checker = build_verifier("auto", task.default_verifier)
+    for p in split.train:
+        demo = p.meta["demonstration"]
+        assert demo.endswith(f"Answer: {p.reference}")
+        sample = Sample(f"{p.id}/s0", p.id, demo, 10, "stop", "demo")
+        assert checker.verify(p, sample).passed, demo
+
+
+def test_a_hinted_problem_carries_the_answer_under_its_own_id():
+    p = Problem("p1", "What is 2 + 3?\nGive your final answer", "5")
+    h = hinted(p, "Hint: the correct answer is {answer}.")
+    assert h.id == "p1#hinted" and h.prompt.endswith("Hint: the correct answer is 5.") and h.reference == "5"
+    turns = Problem("p2", "", "9", messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                              {"role": "user", "content": "What is 4 + 5?"}])
+    assert hinted(turns, "Hint: {answer}").messages[-1]["content"] == "What is 4 + 5?\nHint: 9"
+    assert turns.messages[-1]["content"] == "What is 4 + 5?"  # the original is not changed
+
+
+def test_rationalizations_train_without_the_hint_and_drop_ones_that_cite_it():
+    plain = [Problem("p1", "What is 2 + 3?", "5"), Problem("p2", "What is 1 + 1?", "2")]
+    asked = [hinted(p, "Hint: the correct answer is {answer}.") for p in plain]
+    samples = [
+        Sample("p1#hinted/s0", "p1#hinted", "2 + 3 = 5\nAnswer: 5", 8, "stop", "m"),
+        Sample("p1#hinted/s1", "p1#hinted", "The hint says 5.\nAnswer: 5", 8, "stop", "m"),
+        Sample("p2#hinted/s0", "p2#hinted", "As stated, 2.\nAnswer: 2", 8, "stop", "m"),
+        Sample("p2#hinted/s1", "p2#hinted", "Answer: 3", 8, "stop", "m"),
+    ]
+    verdicts = [Verdict(s.id, s.problem_id, 1.0, not s.completion.endswith("3"), None, "v") for s in samples]
+    examples, stats = rationalizations(plain, samples, verdicts, iteration=1, max_per_problem=2,
+                                       drop_mentions=["hint", "as stated"])
+    assert [(e.problem_id, e.completion) for e in examples] == [("p1", "2 + 3 = 5\nAnswer: 5")]
+    assert examples[0].prompt == "What is 2 + 3?" and "Hint" not in examples[0].prompt
+    assert examples[0].sample_id == "p1#hinted/s0"  # the lineage still names the hinted sample
+    assert stats["dropped_mentioning_hint"] == 2 and stats["problems_reached"] == 1
+    assert asked[0].id != plain[0].id
+    assert mentions("HINT: yes", ["hint"]) and not mentions("hinting", ["hint"])
+
+
+def test_spin_pairs_choose_the_demonstration_and_reject_the_models_answer():
+    p = Problem("p1", "What is 2 + 3?", "5", meta={"demonstration": "2 + 3 = 5\nAnswer: 5"})
+    samples = [Sample("p1/s0", "p1", "Answer: 6", 3, "stop", "m"), Sample("p1/s1", "p1", "2 + 3 = 5\n Answer: 5",
+                                                                         8, "stop", "m"),
+               Sample("p1/s2", "p1", "Answer: 5", 3, "stop", "m")]
+    verdicts = [Verdict(s.id, "p1", float(s.completion.endswith("5")), s.completion.endswith("5"), None, "v")
+                for s in samples]
+    pairs, stats = spin_pairs([p], samples, verdicts, iteration=2)
+    assert [(x.chosen, x.rejected) for x in pairs] == [("2 + 3 = 5\nAnswer: 5", "Answer: 6"),
+                                                       ("2 + 3 = 5\nAnswer: 5", "Answer: 5")]
+    assert stats["identical_to_demonstration"] == 1 and stats["rejected_correct"] == 1
+    assert pairs[0].chosen_sample_id == "p1/demonstration" and pairs[0].rejected_sample_id == "p1/s0"
+
+
+def test_recipe_settings_are_checked_before_a_run():
+    with pytest.raises(UserError, match="train.init_from: SPIN trains from"):
+        validate({"recipe": "spin"}, "c.yaml")
+    with pytest.raises(UserError, match="teacher.model: required by recipe 'distill'"):
+        validate({"recipe": "distill"}, "c.yaml")
+    with pytest.raises(UserError, match=r"star.hint: must contain \{answer\}"):
+        validate({"star": {"hint": "Think harder."}}, "c.yaml")
+
+
+# -- whole runs ----------------------------------------------------------------------------------------
+@pytest.fixture
+def demos_jsonl(tmp_path) -> Path:
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "response": f"{a} + {b} = {a + b}\nAnswer: {a + b}"}
+            for a in range(6) for b in range(5)]
+    return write_jsonl(tmp_path / "demos.jsonl", rows)
+
+
+def _run(*args: str) -> None:
+    proc = run_cli("run", *args, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.e2e
+def test_a_star_run_rationalizes_unsolved_problems_and_trains_without_the_hint(tiny_model, sums_jsonl, tmp_path):
+    _run(*tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="star", recipe="star",
+                         **{"verify.verifier": "tests.plugins:PassHinted", "star.samples": 2}))
+    it1 = tmp_path / "star" / "iter-001"
+    problems = {p["id"]: p for p in read_jsonl(tmp_path / "star" / "problems" / "train.jsonl")}
+    asked = read_jsonl(it1 / "rationalize-samples.jsonl")
+    assert len(asked) == 2 * len(problems)  # no plain sample passed, so every problem was asked again
+    train = read_jsonl(it1 / "train.jsonl")
+    assert train and {e["problem_id"] for e in train} <= set(problems)
+    for e in train:  # the hint never reaches a training example
+        assert e["prompt"] == problems[e["problem_id"]]["prompt"] and "Hint" not in e["prompt"]
+        assert e["sample_id"].startswith(e["problem_id"] + "#hinted/")
+    summary = json.loads((it1 / "filter.json").read_text())
+    assert summary["unsolved"] == len(problems) and summary["rationalized"] == len(train)
+    assert json.loads((it1 / "rationalize.json").read_text())["samples"] == 2 * len(problems)
+    metrics = read_jsonl(tmp_path / "star" / "metrics.jsonl")
+    assert "rationalize" in metrics[1]["seconds"] and "rationalize-verify" in metrics[1]["seconds"]
+
+
+@pytest.mark.e2e
+def test_star_killed_while_rationalizing_resumes_without_redoing_the_plain_samples(tiny_model, sums_jsonl, tmp_path):
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="star", recipe="star", **{
+        "verify.verifier": "tests.plugins:PassHinted", "task.train_size": 20, "star.samples": 2,
+        "generate.batch_size": 2, "generate.max_new_tokens": 24})
+    it1 = tmp_path / "star" / "iter-001"
+    partial = it1 / "rationalize-samples.partial.jsonl"
+    _kill_when(_start("run", *args), lambda: _line_count(partial) >= 4)
+    plain = (it1 / "samples.jsonl").read_bytes()
+    stamp = (it1 / "generate.json").stat().st_mtime_ns
+    proc = run_cli("resume", str(tmp_path / "star"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rationalize-samples.jsonl: resuming;" in proc.stdout
+    assert (it1 / "samples.jsonl").read_bytes() == plain and (it1 / "generate.json").stat().st_mtime_ns == stamp
+    ids = [r["id"] for r in read_jsonl(it1 / "rationalize-samples.jsonl")]
+    assert len(ids) == len(set(ids)) == 40
+
+
+@pytest.mark.e2e
+def test_spin_runs_dpo_against_the_previous_iteration_and_survives_a_kill_in_training(
+        tiny_model, demos_jsonl, tmp_path):
+    args = tiny_overrides(tiny_model, demos_jsonl, tmp_path, name="spin", recipe="spin", iterations=2, **{
+        "train.init_from": "previous", "generate.samples_per_problem": 1, "generate.max_new_tokens": 8,
+        "verify.verifier": "math", "train.batch_size": 1, "train.checkpoint_every": 2, "eval.samples": 0})
+    run = tmp_path / "spin"
+    trainer_dir = run / "iter-001" / "trainer"
+    _kill_when(_start("run", *args), lambda: any(trainer_dir.glob("checkpoint-*/trainer_state.json")))
+    proc = run_cli("resume", str(run), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    problems = {p["id"]: p for p in read_jsonl(run / "problems" / "train.jsonl")}
+    for i in (1, 2):
+        it = run / f"iter-{i:03d}"
+        pairs = read_jsonl(it / "pairs.jsonl")
+        samples = {s["id"]: s for s in read_jsonl(it / "samples.jsonl")}
+        assert len(pairs) == len(samples) == len(problems)
+        for p in pairs:
+            assert p["chosen"] == problems[p["problem_id"]]["meta"]["demonstration"]
+            assert p["rejected"] == samples[p["rejected_sample_id"]]["completion"]
+        trained = json.loads((it / "train.json").read_text())
+        # The policy starts as its reference, the model it trains from: the first loss is ln 2 in both
+        # iterations. Had iteration 2 been measured against the base model, it would not be.
+        assert trained["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert json.loads((run / "iter-001" / "train.json").read_text())["resumed_from"]
+    assert json.loads((run / "iter-002" / "train.json").read_text())["init_from"].endswith("iter-001/model")
+
+
+def test_spin_and_sft_refuse_a_task_without_demonstrations(tiny_model, sums_jsonl, tmp_path):
+    for recipe, extra in (("spin", {"train.init_from": "previous"}), ("sft", {})):
+        proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name=recipe, recipe=recipe, **extra),
+                       timeout=600)
+        assert proc.returncode == 2
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and f"recipe '{recipe}': 6 of 6 training problems" in err[0] and "'response'" in err[0]
+
+
+@pytest.mark.e2e
+def test_sft_trains_on_the_demonstrations_without_sampling(tiny_model, demos_jsonl, tmp_path):
+    _run(*tiny_overrides(tiny_model, demos_jsonl, tmp_path, name="sft", recipe="sft", **{"eval.samples": 0}))
+    it1 = tmp_path / "sft" / "iter-001"
+    train = read_jsonl(it1 / "train.jsonl")
+    problems = {p["id"]: p for p in read_jsonl(tmp_path / "sft" / "problems" / "train.jsonl")}
+    assert len(train) == len(problems) == 6 and not (it1 / "samples.jsonl").exists()
+    assert all(e["completion"] == problems[e["problem_id"]]["meta"]["demonstration"] for e in train)
+    assert json.loads((it1 / "train.json").read_text())["examples"] == 6
+
+
+@pytest.mark.e2e
+def test_distillation_from_a_local_teacher_keeps_its_verified_answers(tiny_model, sums_jsonl, tmp_path):
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="distill", recipe="distill", **{
+        "teacher.model": str(tiny_model), "teacher.temperature": 0.9, "teacher.samples": 3,
+        "generate.batch_size": 2, "task.train_size": 12, "generate.max_new_tokens": 16, "eval.samples": 0})
+    partial = tmp_path / "distill" / "iter-001" / "samples.partial.jsonl"
+    _kill_when(_start("run", *args), lambda: _line_count(partial) >= 6)
+    proc = run_cli("resume", str(tmp_path / "distill"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    it1 = tmp_path / "distill" / "iter-001"
+    samples = read_jsonl(it1 / "samples.jsonl")
+    assert len(samples) == 36 and len({s["id"] for s in samples}) == 36
+    assert json.loads((it1 / "generate.json").read_text())["model"] == str(tiny_model)
+    train = read_jsonl(it1 / "train.jsonl")
+    assert {e["sample_id"] for e in train} == {s["id"] for s in samples if s["id"].endswith("/s0")}  # PassFirst
+    assert json.loads((it1 / "filter.json").read_text())["teacher_pass_rate"] == pytest.approx(1 / 3)
+
+
+def test_a_missing_local_teacher_is_one_line_before_anything_is_written(tiny_model, sums_jsonl, tmp_path):
+    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="d", recipe="distill",
+                                          **{"teacher.model": str(tmp_path / "nope")}))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("selfplay: error: teacher.model: ")
+    assert not (tmp_path / "d").exists()
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_validates_and_names_a_known_recipe(name):
+    from selfplay.config import load_config
+    from selfplay.recipes import RECIPES
+
+    cfg = load_config(CONFIGS / name)
+    assert cfg.recipe in RECIPES and cfg.name == name.removesuffix(".yaml")
