@@ -13,6 +13,7 @@ import pytest
 from selfplay.config import JudgeConfig, load_config
 from selfplay.errors import UserError
 from selfplay.files import read_jsonl
+from selfplay.recipes import CHECKS
 from selfplay.recipes.constitutional import (
     COMPARE_TEMPLATE,
     Chain,
@@ -60,25 +61,31 @@ def test_the_built_in_constitutions_load():
     ('{"name": "ok", "critique": "c", "revision": "r"}', "line 2: 'name' 'ok' is already used on line 1"),
     ('["a", "b"]', "line 2: expected a JSON object"),
 ])
+def _open_check(*overrides: str) -> None:
+    """What `selfplay run` does with a constitutional config when the run opens."""
+    cfg = load_config(None, ["recipe=constitutional", *overrides])
+    CHECKS["constitutional"](cfg, None, [])
+
+
 def test_a_bad_constitution_line_is_one_error_naming_file_line_and_field(tmp_path, line, expected):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"name": "ok", "critique": "c", "revision": "r"}\n' + line + "\n")
     with pytest.raises(UserError) as err:
         load_constitution(str(bad))
     assert str(err.value).startswith(f"{bad}: {expected}")
-    # The config catches it before any work starts, under the field's name.
+    # The recipe's check catches it when the run opens, before any work starts, under the field's name.
     with pytest.raises(UserError) as err:
-        load_config(None, [f"constitution.path={bad}"])
-    assert str(err.value).startswith(f"config + overrides: constitution.path: {bad}: {expected}")
+        _open_check(f"constitution.path={bad}")
+    assert str(err.value).startswith(f"constitution.path: {bad}: {expected}")
     assert "\n" not in str(err.value)
 
 
 def test_a_missing_or_empty_constitution_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"constitution.path: builtin:nope: no such built-in data file \(known: .*"
                                         r"builtin:constitution"):
-        load_config(None, ["constitution.path=builtin:nope"])
+        _open_check("constitution.path=builtin:nope")
     with pytest.raises(UserError, match=f"constitution.path: {tmp_path}/none.jsonl: file not found"):
-        load_config(None, [f"constitution.path={tmp_path}/none.jsonl"])
+        _open_check(f"constitution.path={tmp_path}/none.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(UserError, match="empty.jsonl: no principles in the file"):
         load_constitution(str(tmp_path / "empty.jsonl"))

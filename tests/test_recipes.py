@@ -13,7 +13,7 @@ from selfplay.config import validate
 from selfplay.errors import UserError
 from selfplay.files import read_jsonl
 from selfplay.recipes.spin import spin_pairs
-from selfplay.recipes.star import hinted, mentions, rationalizations
+from selfplay.recipes.star import echoes, hinted, mentions, rationalizations
 from selfplay.records import Problem, Sample, Verdict
 from selfplay.tasks import build_task
 from selfplay.tasks.reasoning_gym import demonstration, worked_steps
@@ -38,10 +38,12 @@ def test_worked_steps_follow_the_order_of_operations():
                           "operators": ["+", "-", "*"], "allow_parentheses": False, "allow_negation": False}),
     ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
 ])
-def test_arithmetic_demonstrations_pass_the_tasks_own_checker(dataset, params):
+def test_arithmetic_demonstrations_pass_the_tasks_own_checker(dataset, params, capsys):
     cfg = validate({"task": {"dataset": dataset, "train_size": 40, "eval_size": 10, "params": params}}, "t")
     task = build_task(cfg.task)
     split = task.split()
+    if dataset == "basic_arithmetic":  # reasoning-gym answers '4 + 2 - 2 * 10' with 40 here: those are left out
+        assert "generated problems whose reference answer ignores the order of operations" in capsys.readouterr().out
     checker = build_verifier("auto", task.default_verifier)
     for p in split.train:
         demo = p.meta["demonstration"]
@@ -78,6 +80,16 @@ def test_rationalizations_train_without_the_hint_and_drop_ones_that_cite_it():
     assert stats["dropped_mentioning_hint"] == 2 and stats["problems_reached"] == 1
     assert asked[0].id != plain[0].id
     assert mentions("HINT: yes", ["hint"]) and not mentions("hinting", ["hint"])
+    # What the embedded model wrote when hinted: both copy the hint's wording, and are dropped.
+    hint = "Hint: the correct answer is {answer}. Show how to reach it."
+    copied = [Sample("p1#hinted/s2", "p1#hinted", "The correct answer is 5, and the step to reach it is 2 + 3.", 9,
+                     "stop", "m"),
+              Sample("p1#hinted/s3", "p1#hinted", "Show how to reach it on the last line with: 5.", 9, "stop", "m")]
+    assert all(echoes(s.completion, hint) for s in copied) and not echoes("2 + 3 = 5, so the answer is 5.", hint)
+    examples, stats = rationalizations(plain, samples[:1] + copied, [Verdict(s.id, s.problem_id, 1.0, True, None, "v")
+                                       for s in samples[:1] + copied], iteration=1, max_per_problem=3,
+                                       drop_mentions=[], hint=hint)
+    assert [e.sample_id for e in examples] == ["p1#hinted/s0"] and stats["dropped_mentioning_hint"] == 2
 
 
 def test_spin_pairs_choose_the_demonstration_and_reject_the_models_answer():
@@ -175,10 +187,10 @@ def test_spin_runs_dpo_against_the_previous_iteration_and_survives_a_kill_in_tra
             assert p["chosen"] == problems[p["problem_id"]]["meta"]["demonstration"]
             assert p["rejected"] == samples[p["rejected_sample_id"]]["completion"]
         trained = json.loads((it / "train.json").read_text())
-        # The policy starts as its reference, the model it trains from: the first loss is ln 2 in both
-        # iterations. Had iteration 2 been measured against the base model, it would not be.
-        assert trained["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
+        assert trained["first_loss"] == pytest.approx(math.log(2), abs=1e-3)  # DPO starts at its reference
     assert json.loads((run / "iter-001" / "train.json").read_text())["resumed_from"]
+    # Iteration 2 trains from iteration 1's model, and DPO's reference is the model it starts from (with LoRA,
+    # the adapter switched off: tests/test_dpo.py), so SPIN's reference is the previous iteration.
     assert json.loads((run / "iter-002" / "train.json").read_text())["init_from"].endswith("iter-001/model")
 
 

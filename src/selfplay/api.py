@@ -26,7 +26,7 @@ from selfplay.loop.evaluation import measure, write_verdicts
 from selfplay.loop.rundir import RunDir
 from selfplay.models import placement, resolve_model_path
 from selfplay.plugins import resolve
-from selfplay.recipes import RECIPES
+from selfplay.recipes import CHECKS, RECIPES
 from selfplay.reporting import write_report
 from selfplay.tasks import build_task
 from selfplay.verifiers import build_verifier
@@ -56,7 +56,7 @@ def _finish(ctx: driver.RunContext, recipe: Recipe) -> list[dict[str, Any]]:
 def run(cfg: configlib.RunConfig, allow_change: bool = False) -> list[dict[str, Any]]:
     """Start a run (or continue it when its folder holds the same config); return the metrics table."""
     recipe = resolve_recipe(cfg.recipe)
-    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change, getattr(recipe, "check", None)), recipe)
+    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change, CHECKS.get(cfg.recipe)), recipe)
 
 
 def resume(run_path: Path | str, overrides: list[str] = (), allow_change: bool = False) -> list[dict[str, Any]]:
@@ -64,7 +64,7 @@ def resume(run_path: Path | str, overrides: list[str] = (), allow_change: bool =
     frozen = RunDir(Path(run_path)).require().frozen_config()
     recipe_name = configlib.apply_overrides({"recipe": frozen.recipe}, list(overrides)).get("recipe", frozen.recipe)
     recipe = resolve_recipe(recipe_name)
-    ctx = driver.reopen(Path(run_path), list(overrides), allow_change, getattr(recipe, "check", None))
+    ctx = driver.reopen(Path(run_path), list(overrides), allow_change, CHECKS.get(recipe_name))
     return _finish(ctx, recipe)
 
 

@@ -332,8 +332,9 @@ class StarConfig(_Section):
     samples: int = Field(4, ge=1, description="Hinted samples per unsolved problem.")
     drop_mentions: list[str] = Field(
         default_factory=lambda: ["hint", "given answer", "answer is given", "we are told", "as stated"],
-        description="A rationalization that mentions any of these (case-insensitive) leans on the hint and is "
-        "dropped: without the hint in its prompt it would teach the model to cite a hint it never saw.",
+        description="A rationalization that mentions any of these (case-insensitive), or repeats three words in a "
+        "row of star.hint, leans on the hint and is dropped: without the hint in its prompt it would teach the "
+        "model to answer a hint it never saw.",
     )
 
 
@@ -361,6 +362,10 @@ class TeacherConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Teacher nucleus threshold.")
     max_new_tokens: int | None = Field(None, ge=1, description="Cap on teacher tokens (null: generate.max_new_tokens).")
     verify: bool = Field(True, description="Keep only teacher answers the run's verifier passes (off: keep all).")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Fields added to every request to the endpoint (a server's own knobs, "
+        "e.g. transformers serve's generation_config: '{\"do_sample\": true}' to sample at all).",
+    )
 
     @property
     def is_endpoint(self) -> bool:
@@ -407,12 +412,6 @@ class ConstitutionConfig(_Section):
         if self.phase == "preference" and self.pairs == "judged" and self.responses not in (None, 2):
             raise ValueError(f"responses: pairs: judged compares two responses per prompt; leave it unset (got "
                              f"{self.responses})")
-        from selfplay.tasks.prompts import load_constitution  # a bad file is caught before any work starts
-
-        try:
-            load_constitution(self.path)
-        except UserError as e:
-            raise ValueError(f"path: {str(e).removeprefix('constitution.path: ')}") from None
         return self
 
     @property
@@ -470,6 +469,9 @@ class RunConfig(_Section):
                              "set train.init_from: previous")
         if self.recipe == "distill" and not self.teacher.model:
             raise ValueError("teacher.model: required by recipe 'distill' (a model folder or an endpoint URL)")
+        if self.teacher.samples > 1 and self.teacher.temperature == 0.0:
+            raise ValueError(f"teacher.samples: {self.teacher.samples} answers at teacher.temperature 0 (greedy) would "
+                             "all be the same; set a temperature above 0 or samples: 1")
         if "{answer}" not in self.star.hint:
             raise ValueError(f"star.hint: must contain {{answer}} (got {self.star.hint!r})")
         names = [c.name for c in self.guards.control]

@@ -111,8 +111,8 @@ class Trainer(Protocol):
 class Recipe(Protocol):
     """One iteration: wire the stages, sampling from `source`, and return the path of the trained model.
 
-    A recipe may carry a `check(cfg, task, train_problems)` attribute, called when the run opens, before
-    anything is written, to refuse a task or setting it cannot run with in one line.
+    A built-in recipe may have a check in `recipes.CHECKS`, `check(cfg, task, train_problems)`, called when
+    the run opens, before anything is written, to refuse a task or setting it cannot run with in one line.
     """
 
     def __call__(self, ctx: Any, i: int, source: Path) -> Path: ...

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import difflib
+import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any

@@ -6,8 +6,8 @@ A server somebody else runs (`base_url`), or one this backend starts for each mo
 
 What the backend sends: one POST `{base_url}/chat/completions` per problem with the problem's turns
 (`Problem.chat()`) as `messages`, `n`, `temperature` (0 is greedy), `top_p`, `max_tokens` and a `seed`
-derived from (params.seed, problem id, sample index), so a sample does not change with batch size, order or
-a resumed run, wherever the server honours `seed`. The server renders the chat template and decodes.
+derived from (params.seed, problem id, sample index), so a sample does not change with batch size or order,
+wherever the server honours `seed`. The server renders the chat template and decodes.
 
 What servers differ in, and how it is met:
   n             many servers (transformers serve among them) answer one choice whatever `n` asks. The client

@@ -109,6 +109,10 @@ class RunContext:
         """Held-out problems are scored by the gold checker when there is one, else by the run's verifier."""
         return self.gold if self.gold is not None else self.verifier
 
+    def init_model(self, source: Path) -> Path:
+        """The model an iteration fine-tunes, by `train.init_from`: the starting model, or the one it sampled from."""
+        return self.base_path if self.cfg.train.init_from == "base" else source
+
     def model_after(self, i: int) -> Path:
         """The model that iteration `i` produced; iteration 0 is the starting model."""
         return self.rundir.model_of(i, self.base_path)
@@ -149,10 +153,23 @@ class RunContext:
         another `stage` and `out` file; `generator` replaces the run's pool (a teacher, a server).
         """
         it_dir = self.rundir.iter_dir(i)
-        make = generator or (lambda: self.pool.generator(Path(source)))
         self._check_name(stage, "generate")
-        return self._stage(i, stage, lambda: stages.generate(
-            it_dir, problems, make, source, params, self.cfg.generate.batch_size, out=out))
+        if generator is None:  # the pool's models stay loaded for the stages after this one
+            return self._stage(i, stage, lambda: stages.generate(
+                it_dir, problems, lambda: self.pool.generator(Path(source)), source, params,
+                self.cfg.generate.batch_size, out=out))
+        built: list[Generator] = []  # one the recipe handed in is closed here, whatever happens
+
+        def make() -> Generator:
+            built.append(generator())
+            return built[-1]
+
+        try:
+            return self._stage(i, stage, lambda: stages.generate(
+                it_dir, problems, make, source, params, self.cfg.generate.batch_size, out=out))
+        finally:
+            for g in built:
+                g.close()
 
     def verify(
         self, i: int, problems: Sequence[Problem], verifier: Verifier | None = None, *, stage: str = "verify",

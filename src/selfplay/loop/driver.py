@@ -112,13 +112,14 @@ def open_run(
         problems = load_problems(rundir, task)
         if check is not None:
             check(cfg, task, problems.train)
+        options = cfg.generate.options
+        if cfg.generate.backend == "openai" and options.get("base_url") and not options.get("launch"):
+            # A server at a fixed URL serves one model; every iteration of a run evaluates the model it trained.
+            raise UserError("generate.options.base_url: a server at a fixed URL serves one model, but a run samples "
+                            "and evaluates each iteration's trained model; use generate.options.launch (transformers, "
+                            "vllm or a command) so each model gets its server, or teacher.model for a teacher")
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
-        if cfg.teacher.model and not cfg.teacher.is_endpoint:
-            try:  # a local teacher is checked (and an embedded one converted) before anything is written
-                resolve_model_path(cfg.teacher.model)
-            except UserError as e:
-                raise UserError(f"teacher.model: {str(e).removeprefix('model.path: ')}") from None
         models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options), base_path)
         controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format, models)
         v = cfg.verify

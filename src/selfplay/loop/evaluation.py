@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,26 @@ class Measured:
     greedy_verdicts: list[Verdict]
     sampled: list[Sample]
     sampled_verdicts: list[Verdict]
+
+
+def trained_texts(records: Sequence[Any], sample_rows: Sequence[dict[str, Any]], problem_ids: set[str]) -> list[Sample]:
+    """What each training record teaches (an Example's completion, a Pair's chosen side), as a Sample of its problem.
+
+    The record's own problem id and text are used: a STaR rationalization was sampled under a hinted problem,
+    a revision under a critique conversation, and a SPIN demonstration was never sampled at all.
+    """
+    rows = {row["id"]: row for row in sample_rows}
+    out = []
+    for r in records:
+        if r.problem_id not in problem_ids:
+            continue
+        sid, text = r.sample_ids[0], r.texts[0]
+        row = rows.get(sid)
+        if row is not None:
+            out.append(replace(from_dict(Sample, row), problem_id=r.problem_id, completion=text))
+        else:
+            out.append(Sample(sid, r.problem_id, text, 0, "stop", "training record"))
+    return out
 
 
 def _judge(verifier: Verifier, problems: Sequence[Problem], samples: list[Sample]) -> list[Verdict]:
@@ -141,10 +161,7 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
     # What this iteration trained on: of the samples the proxy let through, the share gold accepts.
     records = ctx.rundir.train_records(i) if i > 0 else None
     if records is not None:
-        trained_ids = {sid for r in records for sid in r.sample_ids[:1]}  # the kept (chosen) side
-        samples = [from_dict(Sample, s) for s in ctx.rundir.iteration_rows(i, "samples_file") if s["id"] in trained_ids]
-        by_id = {p.id: p for p in ctx.train_problems}
-        kept = [s for s in samples if s.problem_id in by_id]
+        kept = trained_texts(records, ctx.rundir.iteration_rows(i, "samples_file"), {p.id for p in ctx.train_problems})
         passed = [v.passed for v in _judge(ctx.gold, ctx.train_problems, kept)]
         result["train_gold_precision"] = sum(passed) / len(passed) if passed else None
         result["train_examples"] = len(passed)

@@ -226,7 +226,7 @@ class RunDir:
             row: dict[str, Any] = {"iteration": i, **evaluation.metrics, **evaluation.figures()}
             seconds = {}
             # The built-in stages first, then any a recipe ran of its own (a hinted retry, a critique, ...).
-            own = sorted(p.stem for p in it_dir.glob("*.json") if p.stem not in STAGES)
+            own = sorted(p.stem for p in it_dir.glob("*.json") if p.stem not in STAGES and "." not in p.stem)
             for stage in (*STAGES, *own):
                 summary = it_dir / f"{stage}.json"
                 if summary.is_file():

@@ -3,6 +3,9 @@
 A recipe is `recipe(ctx, i, source) -> Path`: it runs iteration `i`'s stages through the RunContext's
 methods (generate, verify, select, review, train, or `ctx.stage` for one of its own), sampling from the
 model at `source`, and returns the trained model's folder. The driver evaluates it and applies the stop rules.
+
+CHECKS holds a built-in recipe's own check, `check(cfg, task, train_problems)`, run when the run opens, before
+anything is written: it refuses in one line a task or setting the recipe cannot run with.
 """
 
 from selfplay.recipes import constitutional, distill, rft, self_rewarding, sft, spin, star
@@ -17,4 +20,12 @@ RECIPES = {
     "constitutional": constitutional.run_iteration,
 }
 
-__all__ = ["RECIPES"]
+CHECKS = {
+    "star": star.check,
+    "spin": spin.check,
+    "sft": spin.check,
+    "distill": distill.check,
+    "constitutional": constitutional.check,
+}
+
+__all__ = ["CHECKS", "RECIPES"]

@@ -403,14 +403,25 @@ def judged_gold(gold: Verifier, problems: Sequence[Problem], samples: Sequence[S
 
 
 # -- the iteration -----------------------------------------------------------------------------------------
+def check(cfg: Any, task: Any, train: Sequence[Problem]) -> None:
+    """The constitution file is read, and the sampling settings checked, before anything is written."""
+    c: ConstitutionConfig = cfg.constitution
+    try:
+        load_constitution(c.path)
+    except UserError as e:
+        said = str(e)
+        raise UserError(said if said.startswith("constitution.path") else f"constitution.path: {said}") from None
+    n = c.responses_per_prompt
+    if n > 1 and cfg.generate.temperature == 0.0:
+        raise UserError(f"generate.temperature: 0 (greedy) gives one response per prompt, and this run samples {n}; "
+                        "set a temperature above 0")
+
+
 def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
     cfg = ctx.cfg
     c: ConstitutionConfig = cfg.constitution
     judged = c.phase == "preference" and c.pairs == "judged"
     n = c.responses_per_prompt
-    if n > 1 and cfg.generate.temperature == 0.0:
-        raise UserError(f"generate.temperature: 0 (greedy) gives one response per prompt, and this run samples {n}; "
-                        "set a temperature above 0")
     ctx.generate(i, ctx.train_problems, source, cfg.generate.params(n, cfg.seed + 1000 * i))
     first = ctx.records(i, "samples", Sample)
     gold = gold_checker(ctx)
@@ -424,7 +435,6 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
         def select(problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict]):
             pairs, stats = judged_pairs(problems, samples, ctx.records(i, "comparisons", Comparison), iteration=i,
                                         drop_truncated=f.drop_truncated)
-            stats["problems_solved"] = stats["agreed"]  # prompts whose comparison named a winner
             if gold is not None:
                 stats.update(judged_gold(gold, problems, samples, pairs))
             return pairs, stats
@@ -454,5 +464,4 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
     supervised = c.phase == "supervised"
     ctx.select(i, ctx.train_problems, select, Example if supervised else Pair)
     removed = ctx.review(i)
-    init = ctx.base_path if cfg.train.init_from == "base" else source
-    return ctx.train(i, SFT() if supervised else DPO(), init, source, removed)
+    return ctx.train(i, SFT() if supervised else DPO(), ctx.init_model(source), source, removed)

@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.config import TeacherConfig
+from selfplay.errors import UserError
 from selfplay.filters import keep_verified
 from selfplay.interfaces import Generator, SamplingParams
 from selfplay.loop.context import RunContext
 from selfplay.models import resolve_model_path
 from selfplay.records import Example, Problem, Sample, Verdict
 from selfplay.training import SFT
+
+
+def check(cfg: Any, task: Any, train: Sequence[Problem]) -> None:
+    """A local teacher is found (an embedded one converted) before anything is written."""
+    if not cfg.teacher.is_endpoint:
+        try:
+            resolve_model_path(cfg.teacher.model)
+        except UserError as e:
+            raise UserError(f"teacher.model: {str(e).removeprefix('model.path: ')}") from None
 
 
 def teacher_source(ctx: RunContext, teacher: TeacherConfig) -> tuple[str, Callable[[], Generator]]:
@@ -29,7 +39,8 @@ def teacher_source(ctx: RunContext, teacher: TeacherConfig) -> tuple[str, Callab
 
         return teacher.model, lambda: OpenAIGenerator(
             base_url=teacher.model, served_model=teacher.served_model, api_key_env=teacher.api_key_env,
-            concurrency=teacher.concurrency, timeout=teacher.timeout, retries=teacher.retries, field="teacher")
+            concurrency=teacher.concurrency, timeout=teacher.timeout, retries=teacher.retries,
+            extra_body=dict(teacher.extra_body), field="teacher")
     path = resolve_model_path(teacher.model)
     return str(path), lambda: ctx.pool.generator(path)
 
@@ -71,5 +82,4 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
 
     ctx.select(i, ctx.train_problems, select, Example)
     removed = ctx.review(i)
-    init = ctx.base_path if cfg.train.init_from == "base" else source
-    return ctx.train(i, SFT(), init, source, removed)
+    return ctx.train(i, SFT(), ctx.init_model(source), source, removed)

@@ -33,5 +33,4 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
 
     ctx.select(i, ctx.train_problems, select, Example)
     removed = ctx.review(i)
-    init = ctx.base_path if cfg.train.init_from == "base" else source
-    return ctx.train(i, SFT(), init, source, removed)
+    return ctx.train(i, SFT(), ctx.init_model(source), source, removed)

@@ -86,5 +86,4 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
 
     ctx.select(i, ctx.train_problems, select, Pair)
     removed = ctx.review(i)
-    init = ctx.base_path if cfg.train.init_from == "base" else source
-    return ctx.train(i, DPO(), init, source, removed)
+    return ctx.train(i, DPO(), ctx.init_model(source), source, removed)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from selfplay.loop.context import RunContext
-from selfplay.recipes.spin import check, demonstration
+from selfplay.recipes.spin import demonstration
 from selfplay.records import Example, Problem, Sample, Verdict
 from selfplay.training import SFT
 
@@ -32,8 +32,5 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
 
     ctx.select(i, ctx.train_problems, select, Example)
     removed = ctx.review(i)
-    init = ctx.base_path if ctx.cfg.train.init_from == "base" else source
-    return ctx.train(i, SFT(), init, source, removed)
+    return ctx.train(i, SFT(), ctx.init_model(source), source, removed)
 
-
-run_iteration.check = check  # type: ignore[attr-defined]

@@ -94,5 +94,3 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
     # The config requires train.init_from: previous: SPIN's reference is the model it trains from.
     return ctx.train(i, DPO(), source, source, removed)
 
-
-run_iteration.check = check  # type: ignore[attr-defined]

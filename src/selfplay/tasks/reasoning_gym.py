@@ -56,11 +56,19 @@ def _show(terms: list[int], ops: list[str]) -> str:
 
 def demonstration(metadata: dict[str, Any], answer: str) -> str | None:
     """A worked reference answer in the prompt's format (SPIN's chosen side, the 'sft' recipe's data)."""
-    expression = metadata.get("expression")
-    steps = worked_steps(expression) if isinstance(expression, str) else None
-    if steps is None or steps.rsplit(" = ", 1)[-1] != answer.strip():
+    steps = _steps(metadata)
+    if steps is None or not _agrees(steps, answer):
         return None  # not an expression we can work, or one whose value is not the reference
     return f"{steps}\nAnswer: {answer}"
+
+
+def _steps(metadata: dict[str, Any]) -> str | None:
+    expression = metadata.get("expression")
+    return worked_steps(expression) if isinstance(expression, str) else None
+
+
+def _agrees(steps: str, answer: str) -> bool:
+    return steps.rsplit(" = ", 1)[-1] == answer.strip()
 
 
 @dataclass
@@ -77,7 +85,8 @@ class ReasoningGymTask:
     def name(self) -> str:
         return f"reasoning_gym:{self.dataset}"
 
-    def _generate(self, size: int) -> list[RawItem]:
+    def _generate(self, size: int) -> tuple[list[RawItem], int]:
+        """`size` items, less those whose reference answer disagrees with the expression shown (counted)."""
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
 
@@ -91,9 +100,9 @@ class ReasoningGymTask:
             raise UserError(f"task.params: invalid for reasoning-gym '{self.dataset}': {e}") from None
         items, wrong = [], 0
         for entry in ds:
-            expression = (entry.get("metadata") or {}).get("expression")
-            steps = worked_steps(expression) if isinstance(expression, str) else None
-            if steps is not None and steps.rsplit(" = ", 1)[-1] != str(entry["answer"]).strip():
+            answer = str(entry["answer"])
+            steps = _steps(entry.get("metadata") or {})
+            if steps is not None and not _agrees(steps, answer):
                 # reasoning-gym 0.1.25 with allow_parentheses: false prints '4 + 2 - 2 * 10' but answers 40,
                 # the value of the unprinted tree ((4 + 2 - 2) * 10): a wrong reference would train errors.
                 wrong += 1
@@ -106,23 +115,25 @@ class ReasoningGymTask:
             category = _category(self.dataset, safe.get("metadata") or {})
             if category is not None:
                 meta["category"] = category
-            demo = demonstration(safe.get("metadata") or {}, str(entry["answer"]))
-            if demo is not None:
-                meta["demonstration"] = demo
-            items.append(RawItem(question=entry["question"], answer=str(entry["answer"]), meta=meta))
+            if steps is not None:
+                meta["demonstration"] = f"{steps}\nAnswer: {answer}"
+            items.append(RawItem(question=entry["question"], answer=answer, meta=meta))
+        return items, wrong
+
+    def _note_wrong(self, wrong: int, size: int) -> None:
         if wrong:
             print(f"task reasoning_gym:{self.dataset}: left out {wrong} of {size} generated problems whose reference "
                   "answer ignores the order of operations (the expression shown has lost its parentheses)", flush=True)
-        return items
 
     def _pool(self, need: int) -> list[RawItem]:
         size = need * 2
         # Easy settings repeat questions, so grow the pool until enough distinct ones exist.
         for _ in range(4):
-            items = self._generate(size)
+            items, wrong = self._generate(size)
             if len({i.question for i in items}) >= need:
                 break
             size *= 4
+        self._note_wrong(wrong, size)
         return items
 
     def fresh(self, size: int, seed: int, exclude: set[str], exemplar: Problem | None) -> list[Problem]:
@@ -130,7 +141,7 @@ class ReasoningGymTask:
         shown = exemplar_item(exemplar) if exemplar is not None else None
         generator = ReasoningGymTask(self.dataset, self.params, self.train_size, self.eval_size, seed, self.one_shot)
         # One generous draw: small problem spaces repeat questions, and most of them may be excluded.
-        items = generator._generate(4 * (size + len(exclude)))
+        items, _ = generator._generate(4 * (size + len(exclude)))
         out: dict[str, Problem] = {}
         for item in items:
             q = item.question.strip()
