@@ -353,10 +353,10 @@ def test_launch_vllm_builds_its_command_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.e2e
-def test_distillation_from_a_loopback_endpoint_with_the_student_sampled_through_launched_servers(
+def test_distillation_from_a_loopback_endpoint_with_the_student_evaluated_through_launched_servers(
         served, tiny_model, sums_jsonl, tmp_path):
-    """The teacher is the module's `transformers serve` at its URL; the run's own sampling and evaluation go
-    through `generate.backend: openai` with `launch: transformers`, one server per model the run samples."""
+    """The teacher is the module's `transformers serve` at its URL; the run's own evaluation goes through
+    `generate.backend: openai` with `launch: transformers`: a server for the base model, one for the student."""
     from selfplay.files import read_jsonl
     from tests.conftest import run_cli, tiny_overrides
 

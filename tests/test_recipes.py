@@ -129,13 +129,26 @@ def _run(*args: str) -> None:
 
 
 @pytest.mark.e2e
-def test_a_star_run_rationalizes_unsolved_problems_and_trains_without_the_hint(tiny_model, sums_jsonl, tmp_path):
-    _run(*tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="star", recipe="star",
-                         **{"verify.verifier": "tests.plugins:PassHinted", "star.samples": 2}))
-    it1 = tmp_path / "star" / "iter-001"
-    problems = {p["id"]: p for p in read_jsonl(tmp_path / "star" / "problems" / "train.jsonl")}
-    asked = read_jsonl(it1 / "rationalize-samples.jsonl")
-    assert len(asked) == 2 * len(problems)  # no plain sample passed, so every problem was asked again
+def test_star_rationalizes_unsolved_problems_trains_without_the_hint_and_resumes_after_a_kill(
+        tiny_model, sums_jsonl, tmp_path):
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="star", recipe="star", **{
+        "verify.verifier": "tests.plugins:PassHinted", "task.train_size": 20, "star.samples": 2,
+        "generate.batch_size": 2, "generate.max_new_tokens": 24, "eval.samples": 0})
+    run = tmp_path / "star"
+    it1 = run / "iter-001"
+    partial = it1 / "rationalize-samples.partial.jsonl"
+    _kill_when(_start("run", *args), lambda: _line_count(partial) >= 4)
+    plain = (it1 / "samples.jsonl").read_bytes()
+    stamp = (it1 / "generate.json").stat().st_mtime_ns
+    proc = run_cli("resume", str(run), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rationalize-samples.jsonl: resuming;" in proc.stdout
+    # The plain samples were not drawn again, and no hinted sample is doubled.
+    assert (it1 / "samples.jsonl").read_bytes() == plain and (it1 / "generate.json").stat().st_mtime_ns == stamp
+    ids = [r["id"] for r in read_jsonl(it1 / "rationalize-samples.jsonl")]
+    assert len(ids) == len(set(ids)) == 40  # no plain sample passed, so every problem was asked again, twice
+
+    problems = {p["id"]: p for p in read_jsonl(run / "problems" / "train.jsonl")}
     train = read_jsonl(it1 / "train.jsonl")
     assert train and {e["problem_id"] for e in train} <= set(problems)
     for e in train:  # the hint never reaches a training example
@@ -143,27 +156,8 @@ def test_a_star_run_rationalizes_unsolved_problems_and_trains_without_the_hint(t
         assert e["sample_id"].startswith(e["problem_id"] + "#hinted/")
     summary = json.loads((it1 / "filter.json").read_text())
     assert summary["unsolved"] == len(problems) and summary["rationalized"] == len(train)
-    assert json.loads((it1 / "rationalize.json").read_text())["samples"] == 2 * len(problems)
-    metrics = read_jsonl(tmp_path / "star" / "metrics.jsonl")
+    metrics = read_jsonl(run / "metrics.jsonl")
     assert "rationalize" in metrics[1]["seconds"] and "rationalize-verify" in metrics[1]["seconds"]
-
-
-@pytest.mark.e2e
-def test_star_killed_while_rationalizing_resumes_without_redoing_the_plain_samples(tiny_model, sums_jsonl, tmp_path):
-    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="star", recipe="star", **{
-        "verify.verifier": "tests.plugins:PassHinted", "task.train_size": 20, "star.samples": 2,
-        "generate.batch_size": 2, "generate.max_new_tokens": 24})
-    it1 = tmp_path / "star" / "iter-001"
-    partial = it1 / "rationalize-samples.partial.jsonl"
-    _kill_when(_start("run", *args), lambda: _line_count(partial) >= 4)
-    plain = (it1 / "samples.jsonl").read_bytes()
-    stamp = (it1 / "generate.json").stat().st_mtime_ns
-    proc = run_cli("resume", str(tmp_path / "star"), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rationalize-samples.jsonl: resuming;" in proc.stdout
-    assert (it1 / "samples.jsonl").read_bytes() == plain and (it1 / "generate.json").stat().st_mtime_ns == stamp
-    ids = [r["id"] for r in read_jsonl(it1 / "rationalize-samples.jsonl")]
-    assert len(ids) == len(set(ids)) == 40
 
 
 @pytest.mark.e2e
@@ -204,14 +198,21 @@ def test_spin_and_sft_refuse_a_task_without_demonstrations(tiny_model, sums_json
 
 
 @pytest.mark.e2e
-def test_sft_trains_on_the_demonstrations_without_sampling(tiny_model, demos_jsonl, tmp_path):
-    _run(*tiny_overrides(tiny_model, demos_jsonl, tmp_path, name="sft", recipe="sft", **{"eval.samples": 0}))
+def test_sft_trains_on_the_demonstrations_without_sampling_and_resumes_after_a_kill(tiny_model, demos_jsonl,
+                                                                                   tmp_path):
+    args = tiny_overrides(tiny_model, demos_jsonl, tmp_path, name="sft", recipe="sft", **{
+        "eval.samples": 0, "train.batch_size": 1, "train.epochs": 2, "train.checkpoint_every": 2})
     it1 = tmp_path / "sft" / "iter-001"
+    _kill_when(_start("run", *args), lambda: any((it1 / "trainer").glob("checkpoint-*/trainer_state.json")))
+    proc = run_cli("resume", str(tmp_path / "sft"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((it1 / "train.json").read_text())
+    assert "checkpoint-" in summary["resumed_from"] and summary["steps"] == 12  # 6 examples x 2 epochs, not redone
     train = read_jsonl(it1 / "train.jsonl")
     problems = {p["id"]: p for p in read_jsonl(tmp_path / "sft" / "problems" / "train.jsonl")}
     assert len(train) == len(problems) == 6 and not (it1 / "samples.jsonl").exists()
     assert all(e["completion"] == problems[e["problem_id"]]["meta"]["demonstration"] for e in train)
-    assert json.loads((it1 / "train.json").read_text())["examples"] == 6
+    assert summary["examples"] == 6
 
 
 @pytest.mark.e2e
