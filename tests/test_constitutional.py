@@ -53,6 +53,12 @@ def test_the_built_in_constitutions_load():
                                     for p in follow)
 
 
+def _open_check(*overrides: str) -> None:
+    """What `selfplay run` does with a constitutional config when the run opens."""
+    cfg = load_config(None, ["recipe=constitutional", *overrides])
+    CHECKS["constitutional"](cfg, None, [])
+
+
 @pytest.mark.parametrize("line,expected", [
     ('{"name": "a", "critique": "c"', "line 2: malformed JSON"),
     ('{"name": "a", "revision": "r"}', "line 2: 'critique' must be a non-empty string"),
@@ -61,12 +67,6 @@ def test_the_built_in_constitutions_load():
     ('{"name": "ok", "critique": "c", "revision": "r"}', "line 2: 'name' 'ok' is already used on line 1"),
     ('["a", "b"]', "line 2: expected a JSON object"),
 ])
-def _open_check(*overrides: str) -> None:
-    """What `selfplay run` does with a constitutional config when the run opens."""
-    cfg = load_config(None, ["recipe=constitutional", *overrides])
-    CHECKS["constitutional"](cfg, None, [])
-
-
 def test_a_bad_constitution_line_is_one_error_naming_file_line_and_field(tmp_path, line, expected):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"name": "ok", "critique": "c", "revision": "r"}\n' + line + "\n")

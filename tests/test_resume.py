@@ -107,8 +107,11 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_model, sums_jsonl, tmp
     run = tmp_path / "t"
     partial = run / "iter-001" / "samples.partial.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # Ctrl-C's default action, even when this suite runs in the background of a non-interactive shell, which
+    # starts it (and so every child) with SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while _line_count(partial) < 2:
         assert proc.poll() is None and time.monotonic() < deadline
