@@ -56,15 +56,17 @@ def _finish(ctx: driver.RunContext, recipe: Recipe) -> list[dict[str, Any]]:
 def run(cfg: configlib.RunConfig, allow_change: bool = False) -> list[dict[str, Any]]:
     """Start a run (or continue it when its folder holds the same config); return the metrics table."""
     recipe = resolve_recipe(cfg.recipe)
-    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change, CHECKS.get(cfg.recipe)), recipe)
+    return _finish(driver.open_run(cfg, cfg.run_dir, allow_change, CHECKS), recipe)
 
 
 def resume(run_path: Path | str, overrides: list[str] = (), allow_change: bool = False) -> list[dict[str, Any]]:
     """Continue a run from its last finished stage, under its frozen config (plus allowed overrides)."""
-    frozen = RunDir(Path(run_path)).require().frozen_config()
-    recipe_name = configlib.apply_overrides({"recipe": frozen.recipe}, list(overrides)).get("recipe", frozen.recipe)
-    recipe = resolve_recipe(recipe_name)
-    ctx = driver.reopen(Path(run_path), list(overrides), allow_change, CHECKS.get(recipe_name))
+    ctx = driver.reopen(Path(run_path), list(overrides), allow_change, CHECKS)
+    try:
+        recipe = resolve_recipe(ctx.cfg.recipe)
+    except BaseException:
+        ctx.rundir.unlock()
+        raise
     return _finish(ctx, recipe)
 
 

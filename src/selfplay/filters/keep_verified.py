@@ -26,7 +26,8 @@ class FilterStats:
         return asdict(self)
 
 
-def _norm(text: str) -> str:
+def normalize(text: str) -> str:
+    """The text with its whitespace collapsed: two answers that differ only in spacing are the same answer."""
     return " ".join(text.split())
 
 
@@ -54,7 +55,7 @@ def keep_verified(
             # Training on a cut-off completion teaches the model to ramble and never stop.
             stats.truncated += 1
             continue
-        key = _norm(s.completion)
+        key = normalize(s.completion)
         if dedupe and key in seen[s.problem_id]:
             stats.duplicates += 1
             continue

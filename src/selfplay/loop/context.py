@@ -154,13 +154,11 @@ class RunContext:
         """
         it_dir = self.rundir.iter_dir(i)
         self._check_name(stage, "generate")
-        if generator is None:  # the pool's models stay loaded for the stages after this one
-            return self._stage(i, stage, lambda: stages.generate(
-                it_dir, problems, lambda: self.pool.generator(Path(source)), source, params,
-                self.cfg.generate.batch_size, out=out))
         built: list[Generator] = []  # one the recipe handed in is closed here, whatever happens
 
         def make() -> Generator:
+            if generator is None:  # the pool's models stay loaded for the stages after this one
+                return self.pool.generator(Path(source))
             built.append(generator())
             return built[-1]
 

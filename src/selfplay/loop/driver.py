@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +95,13 @@ def check_disjoint(train: list[Problem], heldout: list[Problem]) -> None:
 
 
 def open_run(
-    cfg: configlib.RunConfig, run_path: Path, allow_change: bool, check: Callable[..., None] | None = None,
+    cfg: configlib.RunConfig, run_path: Path, allow_change: bool,
+    checks: Mapping[str, Callable[..., None]] | None = None,
 ) -> RunContext:
     """Lock and check the run folder, freeze config and splits, and build the run's parts.
 
-    `check(cfg, task, train_problems)`, a recipe's own check, refuses a task it cannot run before anything
-    is written (SPIN without demonstrations).
+    `checks[cfg.recipe](cfg, task, train_problems)`, the recipe's own check when it has one, refuses a task it
+    cannot run before anything is written (SPIN without demonstrations).
     """
     rundir = RunDir(run_path)
     made = rundir.create()
@@ -110,6 +111,7 @@ def open_run(
         rundir.check_config(cfg, allow_change)
         task = build_task(cfg.task)
         problems = load_problems(rundir, task)
+        check = (checks or {}).get(cfg.recipe)
         if check is not None:
             check(cfg, task, problems.train)
         options = cfg.generate.options
@@ -216,14 +218,15 @@ def _mark_interrupted(rundir: RunDir) -> None:
 
 
 def reopen(
-    run_path: Path, overrides: list[str], allow_change: bool, check: Callable[..., None] | None = None,
+    run_path: Path, overrides: list[str], allow_change: bool,
+    checks: Mapping[str, Callable[..., None]] | None = None,
 ) -> RunContext:
     """Open an existing run with its frozen config, plus overrides."""
     rundir = RunDir(run_path).require()
     data = rundir.frozen_config().model_dump(mode="json")
     cfg = configlib.validate(configlib.apply_overrides(data, overrides), f"{rundir.config_path} + overrides")
     # The folder named on the command line is the run, wherever it has been moved since it started.
-    return open_run(cfg, rundir.path, allow_change, check)
+    return open_run(cfg, rundir.path, allow_change, checks)
 
 
 def format_table(rows: list[dict[str, Any]], pass_k: int | None) -> str:

@@ -44,6 +44,7 @@ from typing import Any
 from selfplay.config import ConstitutionConfig
 from selfplay.errors import UserError
 from selfplay.files import JsonlAppender, atomic_write_jsonl, read_jsonl, recover_partial_jsonl
+from selfplay.filters import normalize
 from selfplay.interfaces import SamplingParams
 from selfplay.loop.context import RunContext
 from selfplay.records import Example, Message, Pair, Problem, Sample, Verdict, to_dict
@@ -80,10 +81,6 @@ def _assistant(text: str) -> Message:
     return {"role": "assistant", "content": text}
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
 def usable(revision: Sample, keep_truncated: bool) -> bool:
     """Whether a revision replaces the text before it: not empty, and not cut off (unless that is allowed)."""
     return bool(revision.completion.strip()) and (keep_truncated or revision.finish_reason != "length")
@@ -110,7 +107,7 @@ class Chain:
 
     @property
     def changed(self) -> bool:
-        return _norm(self.current.completion) != _norm(self.first.completion)
+        return normalize(self.current.completion) != normalize(self.first.completion)
 
     def critique_request(self, principle: Principle, r: int) -> Problem:
         """Round r's critique request: the conversation so far, then the principle's critique request."""
@@ -250,7 +247,7 @@ def compare(ctx: RunContext, i: int, draws: dict[tuple[str, int], Principle]) ->
 
 def _compare_batch(judge: PairwiseJudge, principle: str, problems: Sequence[Problem],
                    pair_of: dict[str, list[Sample]]) -> list[Comparison]:
-    asked = [p for p in problems if _norm(pair_of[p.id][0].completion) != _norm(pair_of[p.id][1].completion)]
+    asked = [p for p in problems if normalize(pair_of[p.id][0].completion) != normalize(pair_of[p.id][1].completion)]
     outcomes = dict(zip([p.id for p in asked], judge.compare(
         [(p.id, p.prompt, pair_of[p.id][0].completion, pair_of[p.id][1].completion) for p in asked]), strict=True))
     return [Comparison(p.id, principle, pair_of[p.id][0].id, pair_of[p.id][1].id, outcomes.get(p.id, "identical"))
@@ -283,7 +280,7 @@ def revision_examples(
     examples = []
     for ch in chains:
         final, pid = ch.current, ch.problem.id
-        key = _norm(final.completion)
+        key = normalize(final.completion)
         reason = ("empty" if not key else "failed_verify" if verify and final.id not in passed
                   else "dropped_unchanged" if drop_unchanged and not ch.changed
                   else "truncated" if drop_truncated and final.finish_reason == "length"

@@ -12,11 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from selfplay.config import FilterConfig
 from selfplay.filters import keep_verified
 from selfplay.loop.context import RunContext
 from selfplay.records import Example, Problem, Sample, Verdict
 from selfplay.training import SFT
+
+
+def verified(
+    problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict], f: FilterConfig, i: int,
+) -> tuple[list[Example], dict[str, Any]]:
+    """The selection of RFT (and of STaR's plain samples): verified, deduplicated, capped per problem."""
+    examples, stats = keep_verified(problems, samples, verdicts, iteration=i, max_per_problem=f.max_per_problem,
+                                    dedupe=f.dedupe, drop_truncated=f.drop_truncated)
+    return examples, stats.to_dict()
 
 
 def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
@@ -26,10 +37,7 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
     ctx.verify(i, ctx.train_problems)
 
     def select(problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict]):
-        f = cfg.filter
-        examples, stats = keep_verified(problems, samples, verdicts, iteration=i, max_per_problem=f.max_per_problem,
-                                        dedupe=f.dedupe, drop_truncated=f.drop_truncated)
-        return examples, stats.to_dict()
+        return verified(problems, samples, verdicts, cfg.filter, i)
 
     ctx.select(i, ctx.train_problems, select, Example)
     removed = ctx.review(i)

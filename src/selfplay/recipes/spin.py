@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
+from selfplay.filters import normalize
 from selfplay.loop.context import RunContext
 from selfplay.records import Pair, Problem, Sample, Verdict
 from selfplay.training import DPO
@@ -38,10 +39,6 @@ def require_demonstrations(problems: Sequence[Problem], task: str, recipe: str) 
             "task (basic_arithmetic, chain_sum without division or parentheses)")
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
 def spin_pairs(
     problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict], *, iteration: int,
     drop_identical: bool = True,
@@ -56,7 +53,7 @@ def spin_pairs(
         demo = demonstration(p)
         if demo is None:
             continue
-        if drop_identical and _norm(s.completion) == _norm(demo):
+        if drop_identical and normalize(s.completion) == normalize(demo):
             identical += 1
             continue
         v = verdict.get(s.id)

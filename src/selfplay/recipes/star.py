@@ -22,6 +22,7 @@ from typing import Any
 from selfplay.errors import UserError
 from selfplay.filters import keep_verified
 from selfplay.loop.context import RunContext
+from selfplay.recipes.rft import verified
 from selfplay.records import Example, Problem, Sample, Verdict
 from selfplay.training import SFT
 
@@ -124,9 +125,7 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
 
     def select(problems: Sequence[Problem], samples: Sequence[Sample], verdicts: Sequence[Verdict]):
         f = cfg.filter
-        examples, stats = keep_verified(problems, samples, verdicts, iteration=i, max_per_problem=f.max_per_problem,
-                                        dedupe=f.dedupe, drop_truncated=f.drop_truncated)
-        out = stats.to_dict()
+        examples, out = verified(problems, samples, verdicts, f, i)
         out["unsolved"] = len(missed)
         if star.rationalize:
             extra, rstats = rationalizations(

@@ -59,6 +59,10 @@ def demonstration(metadata: dict[str, Any], answer: str) -> str | None:
     steps = _steps(metadata)
     if steps is None or not _agrees(steps, answer):
         return None  # not an expression we can work, or one whose value is not the reference
+    return _worked_answer(steps, answer)
+
+
+def _worked_answer(steps: str, answer: str) -> str:
     return f"{steps}\nAnswer: {answer}"
 
 
@@ -116,7 +120,7 @@ class ReasoningGymTask:
             if category is not None:
                 meta["category"] = category
             if steps is not None:
-                meta["demonstration"] = f"{steps}\nAnswer: {answer}"
+                meta["demonstration"] = _worked_answer(steps, answer)
             items.append(RawItem(question=entry["question"], answer=answer, meta=meta))
         return items, wrong
 
@@ -133,7 +137,7 @@ class ReasoningGymTask:
             if len({i.question for i in items}) >= need:
                 break
             size *= 4
-        self._note_wrong(wrong, size)
+        self._note_wrong(wrong, len(items) + wrong)  # of the last draw, the one whose items are used
         return items
 
     def fresh(self, size: int, seed: int, exclude: set[str], exemplar: Problem | None) -> list[Problem]:
