@@ -250,3 +250,40 @@ def test_every_shipped_config_validates_and_names_a_known_recipe(name):
 
     cfg = load_config(CONFIGS / name)
     assert cfg.recipe in RECIPES and cfg.name == name.removesuffix(".yaml")
+
+
+def test_the_audit_judges_what_each_record_trains_on_under_its_own_problem():
+    from selfplay.loop.evaluation import trained_texts
+    from selfplay.records import Example, Pair
+
+    rows = [{"id": "p1#hinted/s0", "problem_id": "p1#hinted", "completion": "2 + 3 = 5", "num_tokens": 5,
+             "finish_reason": "stop", "model": "m"}]
+    records = [
+        Example("e1", "p1", "p1#hinted/s0", "What is 2 + 3?", "2 + 3 = 5", 1),  # a STaR rationalization
+        Pair("x", "p2", "q", "demo", "own", "p2/demonstration", "p2/s0", 1.0, 0.0, 1),  # SPIN: never sampled
+        Example("e3", "elsewhere", "z/s0", "q", "t", 1),  # not a training problem of this run
+    ]
+    got = trained_texts(records, rows, {"p1", "p2"})
+    assert [(s.id, s.problem_id, s.completion, s.model) for s in got] == [
+        ("p1#hinted/s0", "p1", "2 + 3 = 5", "m"), ("p2/demonstration", "p2", "demo", "training record")]
+
+
+def test_star_refuses_problems_without_a_reference_and_the_teacher_greedy_with_several_samples():
+    from selfplay.recipes import CHECKS
+
+    cfg = validate({"recipe": "star"}, "c.yaml")
+    task = type("T", (), {"name": "prompts"})()
+    with pytest.raises(UserError, match=r"recipe 'star': 1 of 2 training problems of task prompts have no reference"):
+        CHECKS["star"](cfg, task, [Problem("a", "q", "1"), Problem("b", "q2", " ")])
+    plain_rft = validate({"recipe": "star", "star": {"rationalize": False}}, "c.yaml")
+    CHECKS["star"](plain_rft, task, [Problem("b", "q", "")])  # no hint asked for, nothing to refuse
+    with pytest.raises(UserError, match="teacher.samples: 3 answers at teacher.temperature 0"):
+        validate({"teacher": {"samples": 3}}, "c.yaml")
+
+
+def test_a_run_refuses_a_fixed_openai_server_before_anything_is_written(tiny_model, sums_jsonl, tmp_path):
+    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="o", **{
+        "generate.backend": "openai", "generate.options": "{base_url: 'http://127.0.0.1:9/v1'}"}))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(
+        "selfplay: error: generate.options.base_url: a server at a fixed URL serves one model")
+    assert not (tmp_path / "o").exists()
