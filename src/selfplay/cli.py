@@ -9,6 +9,7 @@
     selfplay reject RUN_DIR [--reason TEXT]        stop a waiting run
     selfplay export RUN_DIR OUT_DIR                copy the best iteration's model (or --iteration N)
     selfplay judge [CONFIG] --prompt P --response R  score responses with the config's LLM judge (or --file)
+    selfplay sandbox PROGRAM.py --tests TESTS.py   run a program against its tests in the sandbox (JSON verdict)
     selfplay init [PATH]                           write a commented starter config
 """
 
@@ -61,6 +62,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def task_overrides(task: str) -> list[str]:
     """Overrides for `--task`: a file or a reasoning-gym dataset, starting from that dataset's own defaults."""
+    if task == "humaneval":
+        return ["task.source=humaneval", "task.eval_size=164", "task.params={}"]
+    if task == "code":
+        return ["task.source=code", "task.params={}"]
     if task.endswith(".jsonl") or task.startswith("builtin:"):
         return ["task.source=jsonl", f"task.path={task}", "task.params={}"]
     return ["task.source=reasoning_gym", f"task.dataset={task}", "task.params={}"]
@@ -78,6 +83,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps({"model": result["model"], "task": cfg.task.label, **result["metrics"]}, indent=2))
     print(f"Samples and verdicts: {eval_dir}", file=sys.stderr)
     return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import ast
+
+    from selfplay.sandbox import Limits, Sandbox, TestSpec
+    from selfplay.tasks.code import called_function
+
+    texts = {}
+    for name, path in (("PROGRAM", args.program), ("--tests", args.tests)):
+        try:
+            texts[name] = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{name} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    tests = texts["--tests"]
+    options: dict[str, object] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--option {item!r}: expected KEY=VALUE, e.g. timeout=5")
+        options[key] = value if key == "python" else _number(key, value)
+    limits = Limits.from_options(options, "--option")
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError as e:
+        raise UserError(f"--tests {args.tests}: not valid Python ({e.msg}, line {e.lineno})") from None
+    has_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+    asserts = None if has_check else [ast.unparse(n) for n in tree.body]
+    entry = args.entry_point or (called_function(asserts) if asserts else None)
+    if entry is None:
+        raise UserError(f"--tests {args.tests}: give --entry-point NAME (the function check(candidate) is called with)")
+    spec = TestSpec(entry, tests=asserts, check=tests if has_check else None)
+    result = Sandbox(limits).run(texts["PROGRAM"], spec)
+    print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _number(key: str, value: str) -> int | float:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise UserError(f"--option {key}={value}: expected a number")
 
 
 def _judge_rows(args: argparse.Namespace) -> list[dict[str, str]]:
@@ -177,6 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "report": cmd_report, "review": cmd_review,
     "approve": cmd_approve, "reject": cmd_reject, "export": cmd_export, "init": cmd_init, "judge": cmd_judge,
+    "sandbox": cmd_sandbox,
 }
 
 
@@ -232,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="JSONL rows with 'prompt' and 'response' fields")
     p.add_argument("--model", help="the model that 'current' and 'base' mean (default: the config's model.path)")
     p.add_argument("--json", action="store_true", help="print one JSON object per response")
+
+    p = sub.add_parser("sandbox", help="run one program against its tests in the code verifier's sandbox; print "
+                       "the verdict as JSON")
+    p.add_argument("program", metavar="PROGRAM.py", help="the program (untrusted code is fine: it runs isolated)")
+    p.add_argument("--tests", required=True, metavar="TESTS.py",
+                   help="HumanEval's def check(candidate), or assert lines that call the function by name")
+    p.add_argument("--entry-point", help="the function to test (default: the first one the asserts call)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a sandbox limit: timeout, cpu_seconds, memory_mb, processes, file_size_mb, open_files, "
+                   "tmp_mb, output_kb, python (repeat for several)")
 
     p = sub.add_parser("init", help="write a commented starter config")
     p.add_argument("path", nargs="?", default="selfplay.yaml")

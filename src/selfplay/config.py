@@ -48,7 +48,8 @@ class TaskSource(_Section):
         "reasoning_gym",
         description="'reasoning_gym' (a procedural dataset), 'jsonl' (a file), 'instructions' (IFEval-style writing "
         "requests with checkable constraints), 'ifbench' (IFBench's test prompts, evaluation only), 'prompts' "
-        "(open-ended prompts with no reference answer, scored by the LLM judge), or a user's task factory "
+        "(open-ended prompts with no reference answer, scored by the LLM judge), 'code' (write a function; its "
+        "tests run in a sandbox), 'humaneval' (OpenAI's HumanEval, evaluation only), or a user's task factory "
         "'module:attr', called with this section.",
     )
     dataset: str = Field("", description="reasoning-gym dataset name (source: reasoning_gym).")
@@ -60,7 +61,7 @@ class TaskSource(_Section):
     )
     path: str | None = Field(
         None, description="JSONL file, or 'builtin:NAME' for a file shipped with selfplay (source: jsonl; source: "
-        "prompts, where null means builtin:assistant-prompts)."
+        "prompts, where null means builtin:assistant-prompts; source: code, where null means builtin:code-functions)."
     )
     seed: int = Field(0, description="Seed for problem generation and the split.")
     one_shot: bool = Field(True, description="Prepend a short worked example that shows the answer format.")

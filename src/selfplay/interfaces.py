@@ -76,6 +76,17 @@ class BatchVerifier(Protocol):
     def verify_many(self, items: Sequence[tuple[Problem, Sample]]) -> list[Verdict]: ...
 
 
+@runtime_checkable
+class StreamVerifier(Protocol):
+    """A verifier that reports each verdict as it finishes (a pool of sandboxes): (index into items, verdict)."""
+
+    name: str
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict: ...
+
+    def verify_stream(self, items: Sequence[tuple[Problem, Sample]]) -> Iterator[tuple[int, Verdict]]: ...
+
+
 class Split(Protocol):
     train: list[Problem]
     heldout: list[Problem]

@@ -68,6 +68,7 @@ class Verdict:
     answer: str | None
     verifier: str
     critique: str | None = None
+    details: dict[str, Any] | None = None  # a verifier's structured report (the code sandbox's tests and limits)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from selfplay.errors import WriteError, write_failure
 from selfplay.files import JsonlAppender, atomic_write_jsonl, read_jsonl, recover_partial_jsonl
 from selfplay.generation import SamplingParams, sample_batches
 from selfplay.guards.contamination import ContaminationIndex, split_contaminated
-from selfplay.interfaces import Generator, Trainer
+from selfplay.interfaces import Generator, StreamVerifier, Trainer
 from selfplay.loop.rundir import load_records
 from selfplay.records import TRAIN_FILES, Problem, Sample, TrainRecord, Verdict, to_dict
 from selfplay.verifiers import Verifier, verify_all
@@ -120,9 +120,14 @@ def verify(
         _log(f"{it_dir.name}/{out}.jsonl: resuming; {len(done)} of {len(samples)} samples already judged")
     todo = [s for s in samples if s.id not in done]
     with JsonlAppender(partial) as sink:
-        for b in range(0, len(todo), batch_size):
-            chunk = todo[b : b + batch_size]
-            sink.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
+        if isinstance(verifier, StreamVerifier):
+            # Each verdict is written as it finishes: a killed stage re-runs none that was written.
+            for _, v in verifier.verify_stream([(by_id[s.problem_id], s) for s in todo]):
+                sink.write_many([to_dict(v)])
+        else:
+            for b in range(0, len(todo), batch_size):
+                chunk = todo[b : b + batch_size]
+                sink.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
     # Verdicts in sample order, whatever order the batches finished in.
     order = {s.id: n for n, s in enumerate(samples)}
     verdicts = sorted(load_records(partial, Verdict), key=lambda v: order[v.sample_id])

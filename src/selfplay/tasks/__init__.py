@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from selfplay.config import ControlTaskConfig, TaskConfig, TaskSource
+from selfplay.errors import UserError
 from selfplay.interfaces import FreshTask, Task
 from selfplay.plugins import resolve
 from selfplay.records import Problem
 from selfplay.tasks.base import ANSWER_INSTRUCTION, RawItem, Split, exemplar_item, render_prompt, split_items
+from selfplay.tasks.code import DEFAULT_CODE, CodeTask, HumanEvalTask
 from selfplay.tasks.ifbench import IfBenchTask
 from selfplay.tasks.instructions import InstructionsTask
 from selfplay.tasks.jsonl import JsonlTask
@@ -47,9 +49,22 @@ def _prompts(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
     return PromptsTask(cfg.path or DEFAULT_PROMPTS, train_size, eval_size, cfg.seed)
 
 
+def _code(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    if cfg.params:
+        raise UserError(f"task.params.{next(iter(cfg.params))}: source 'code' takes no settings (give a file as path)")
+    return CodeTask(cfg.path or DEFAULT_CODE, train_size, eval_size, cfg.seed)
+
+
+def _humaneval(cfg: TaskSource, train_size: int, eval_size: int) -> Task:
+    # Evaluation only: train_size is ignored, every problem is held out.
+    if cfg.params:
+        raise UserError(f"task.params.{next(iter(cfg.params))}: source 'humaneval' takes no settings")
+    return HumanEvalTask(eval_size, cfg.seed)
+
+
 TASKS = {
     "reasoning_gym": _reasoning_gym, "jsonl": _jsonl, "instructions": _instructions, "ifbench": _ifbench,
-    "prompts": _prompts,
+    "prompts": _prompts, "code": _code, "humaneval": _humaneval,
 }
 
 

@@ -3,7 +3,8 @@
 A config names a built-in from VERIFIERS or a user's factory as 'module:attr'. A user factory is called
 as `factory(options, run)`: `options` is `verify.options`, and `run.generator(which)` hands it a
 generator for 'current' (the model this iteration samples from), 'base', or a model folder, for a judge.
-A verifier may also define `verify_many(items)` to judge a batch at once.
+A verifier may also define `verify_many(items)` to judge a batch at once, and `verify_stream(items)` to yield
+(index, verdict) as each finishes, so the verify stage appends each verdict as soon as it is known.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from selfplay.interfaces import BatchVerifier, GeneratorSource, Verifier
 from selfplay.plugins import check_call, resolve
 from selfplay.records import Problem, Sample, Verdict
 from selfplay.verifiers.answer import extract_answer
+from selfplay.verifiers.code import CodeVerifier
 from selfplay.verifiers.contains import ContainsVerifier
 from selfplay.verifiers.ifeval import IfEvalVerifier
 from selfplay.verifiers.judge import NAME as JUDGE
@@ -28,6 +30,7 @@ __all__ = ["VERIFIERS", "Verifier", "build_verifier", "extract_answer", "verify_
 # Built-ins take their options as keyword arguments, plus the answer-format setting.
 VERIFIERS = {
     "reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier, "ifeval": IfEvalVerifier,
+    "code": CodeVerifier,
 }
 
 
