@@ -203,3 +203,29 @@ def copy_recipe(ctx, i: int, source: Path) -> Path:
 
     ctx.stage(i, "copy", copy)
     return out
+
+
+def coder_backend(model_path, where, slow_wrong: float = 0.0):
+    """Stands in for a model that can write code (a random tiny model never does): for each problem, sample k is
+    its reference solution when k is even, and a wrong program when k is odd (one that first sleeps `slow_wrong`
+    seconds, so that a SIGKILL can land while the sandbox runs it). Greedy decoding gives the reference."""
+    from selfplay.interfaces import Completion
+
+    wrong = "```python\nimport time\ntime.sleep({delay})\ndef {name}(*args, **kwargs):\n    return None\n```"
+
+    class Coder:
+        model_name = str(model_path)
+
+        def generate(self, problems, params, batch_size):
+            for start in range(0, len(problems), batch_size):
+                batch = []
+                for p in problems[start : start + batch_size]:
+                    texts = [p.meta["demonstration"] if k % 2 == 0 else
+                             wrong.format(delay=slow_wrong, name=p.meta["entry_point"]) for k in range(params.n)]
+                    batch.append((p, [Completion(t, len(t.split()), "stop") for t in texts]))
+                yield batch
+
+        def close(self):
+            pass
+
+    return Coder()

@@ -1,0 +1,123 @@
+"""The code sandbox: throughput against a bare subprocess, side by side, and what it does with hostile programs.
+
+    python benchmarks/sandbox.py                 # both parts; run it with nothing else on the machine
+    python benchmarks/sandbox.py --rounds 3      # throughput repeated, median reported
+
+Throughput: the 160 reference solutions of builtin:code-functions, each checked against its asserts
+  - bare: `python3 -I -S -c PROGRAM+TESTS` in a plain subprocess (no isolation; the verdict is the exit code,
+    which the program itself controls: what an unsandboxed harness does),
+  - sandbox: selfplay's Sandbox (two bubblewrap sandboxes per program, verdict computed outside),
+with 1 and 2 programs at a time. Printed: programs per second and milliseconds per program.
+
+Hostile programs: each case below through the same sandbox (default limits but a 3 s timeout and 2 s of CPU),
+with the verdict, the limit it hit and the wall time, as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from selfplay.sandbox import Limits, Sandbox, TestSpec  # noqa: E402
+from selfplay.tasks.code import CodeTask  # noqa: E402
+
+ADD = TestSpec("add", tests=["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add('a', 'b') == 'ab'"])
+GOOD = "def add(a, b):\n    return a + b\n"
+
+CASES = [
+    ("correct solution", GOOD),
+    ("wrong solution", "def add(a, b):\n    return a - b\n"),
+    ("infinite loop", "def add(a, b):\n    while True:\n        pass\n"),
+    ("fork bomb", "import os, time\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n"
+                  "        except OSError:\n            time.sleep(0.01)\n"),
+    ("memory hog (2 GiB)", "def add(a, b):\n    return len(bytearray(2 * 1024 ** 3))\n"),
+    ("huge output", "def add(a, b):\n    while True:\n        print('x' * 10000)\n"),
+    ("delete / write a file outside", "import os\nfor f in (lambda: os.remove('/etc/hostname'), "
+     "lambda: open('/usr/x', 'w'), lambda: open('/root/x', 'w')):\n    try:\n        f()\n        print('DID IT')\n"
+     "    except OSError:\n        pass\n" + GOOD),
+    ("read the user's home", "def add(a, b):\n    return open('/root/.bashrc').read()\n"),
+    ("open a network connection", "import socket\ndef add(a, b):\n"
+     "    socket.create_connection(('1.1.1.1', 53), timeout=1)\n    return a + b\n"),
+    ("kill its parent, and -1", "import os, signal\nfor t in (os.getppid(), 1, -1):\n    try:\n"
+     "        os.kill(t, signal.SIGKILL)\n    except OSError:\n        pass\n" + GOOD),
+    ("setsid grandchild holding the pipes", "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+     "    time.sleep(60)\n" + GOOD),
+    ("fill /tmp", "def add(a, b):\n    with open('/tmp/f', 'wb') as f:\n        for _ in range(100):\n"
+     "            f.write(b'x' * (1 << 20))\n"),
+    ("fill /dev/shm", "def add(a, b):\n    k = 0\n    while True:\n        open(f'/dev/shm/f{k}', 'wb')"
+     ".write(b'x' * (1 << 20))\n        k += 1\n"),
+    ("os._exit(0) before the tests", "import os\nos._exit(0)\n" + GOOD),
+    ("sys.exit(0) before the tests", "import sys\nsys.exit(0)\n" + GOOD),
+    ("patch assert / the harness", "import builtins, json\nbuiltins.AssertionError = type('N', (Exception,), {})\n"
+     "json.dumps = lambda *a, **k: '{\"event\": \"done\"}'\ndef add(a, b):\n    return None\n"),
+    ("__eq__ always True", "class A:\n    def __eq__(self, o):\n        return True\ndef add(a, b):\n    return A()\n"),
+    ("print a fake 'all passed'", "print('{\"event\": \"done\"}')\nprint('All tests passed')\n"
+     "def add(a, b):\n    return 0\n"),
+    ("ignore SIGTERM, sleep past the timeout", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+     "def add(a, b):\n    time.sleep(60)\n"),
+]
+
+
+def bare(code: str, tests: list[str]) -> bool:
+    source = code + "\n" + "\n".join(tests) + "\n"
+    p = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", source], capture_output=True, timeout=30)
+    return p.returncode == 0
+
+
+def throughput(rounds: int) -> None:
+    split = CodeTask(train_size=100, eval_size=60).split()
+    items = [(p.meta["solution_code"], TestSpec(p.meta["entry_point"], tests=p.meta["tests"]))
+             for p in split.train + split.heldout]
+    print(f"{len(items)} programs (builtin:code-functions reference solutions), {rounds} round(s), median")
+    print("| harness | at once | programs/s | ms per program | passed |")
+    print("|---|---|---|---|---|")
+    for workers in (1, 2):
+        sandbox = Sandbox(Limits(workers=workers))
+        for name in ("bare subprocess", "sandbox"):
+            times, passed = [], 0
+            for _ in range(rounds):
+                start = time.perf_counter()
+                if name == "sandbox":
+                    passed = sum(r.passed for _, r in sandbox.run_many(items))
+                else:
+                    with ThreadPoolExecutor(workers) as pool:
+                        passed = sum(pool.map(lambda it: bare(it[0], it[1].tests), items))
+                times.append(time.perf_counter() - start)
+            t = statistics.median(times)
+            print(f"| {name} | {workers} | {len(items) / t:.1f} | {1000 * t / len(items) * workers:.1f} | "
+                  f"{passed}/{len(items)} |")
+
+
+def hostile() -> None:
+    sandbox = Sandbox(Limits(timeout=3, cpu_seconds=2, workers=1))
+    print("| program | passed | status | limit hit | seconds | first reason |")
+    print("|---|---|---|---|---|---|")
+    for name, program in CASES:
+        result = sandbox.run(textwrap.dedent(program), ADD)
+        reason = (result.error or "").replace("|", "/")[:70]
+        print(f"| {name} | {'yes' if result.passed else 'no'} | {result.status} | {result.limit or '–'} | "
+              f"{result.seconds:.2f} | {reason} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--part", choices=["all", "throughput", "hostile"], default="all")
+    args = parser.parse_args()
+    if args.part in ("all", "throughput"):
+        throughput(args.rounds)
+    if args.part in ("all", "hostile"):
+        hostile()
+
+
+if __name__ == "__main__":
+    main()
