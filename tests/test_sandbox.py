@@ -346,6 +346,15 @@ def test_a_sandbox_that_cannot_start_is_an_error_not_a_verdict(sandbox, monkeypa
     broken.python = Path("/nonexistent/python")  # the probe passed; then the interpreter goes away
     with pytest.raises(SandboxError, match="failed to start 2 times"):
         broken.run(GOOD, ADD)
+    only_program = Sandbox(Limits(retries=0, workers=1))
+    real = only_program.command
+    only_program.command = lambda role, *a: [x if x != str(only_program.python) or role == "runner"
+                                             else "/nonexistent/python" for x in real(role, *a)]
+    with pytest.raises(SandboxError, match="the program's sandbox did not start: bwrap: execvp"):
+        only_program.run(GOOD, ADD)
+    # A program cannot pass itself off as a sandbox that failed (to be retried, or to stop the stage).
+    fake, _ = run(sandbox, "import os\nprint('bwrap: Creating new namespace failed', flush=True)\nos._exit(1)\n")
+    assert not fake.passed and fake.status == "exited"
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
         Sandbox(LIMITS)

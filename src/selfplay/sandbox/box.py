@@ -42,6 +42,7 @@ from selfplay.errors import UserError
 INSIDE = (Path(__file__).with_name("inside.py")).read_text(encoding="utf-8")
 RUNNER_OUTPUT_CAP = 1 << 20
 _PR_SET_CHILD_SUBREAPER = 36
+_lock = threading.Lock()
 
 
 class SandboxUnavailable(UserError):
@@ -287,7 +288,7 @@ class Sandbox:
         _reap_orphans()
         streams.drain()
         seconds = time.perf_counter() - start
-        infra = _infrastructure_failure(streams, runner_code, timed_out)
+        infra = _infrastructure_failure(streams, runner_code)
         if infra:
             return Result(False, "infrastructure"), infra
         events = streams.events()
@@ -396,13 +397,28 @@ _reaping = threading.Lock()
 _active: set[int] = set()  # bwrap processes a run is waiting on, which only their Popen may reap
 
 
+_subreaper: list[threading.Thread] = []
+
+
 def _become_subreaper() -> None:
     """bwrap leaves its sandbox's PID 1 behind as a zombie for the machine's init to reap, which some container
     inits do late or never, and zombies count against the slot uid's process limit. As a child subreaper, this
-    process inherits them and reaps them itself (`_reap_orphans`). Linux only, as bubblewrap is."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise SandboxUnavailable(f"cannot become a child subreaper (errno {ctypes.get_errno()})")
+    process inherits them, and a daemon thread reaps them (`_reap_orphans`) twice a second, besides each run's
+    own reaping. Linux only, as bubblewrap is."""
+    with _lock:
+        if _subreaper:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise SandboxUnavailable(f"cannot become a child subreaper (errno {ctypes.get_errno()})")
+
+        def reap_forever() -> None:
+            while True:
+                time.sleep(0.5)
+                _reap_orphans()
+
+        _subreaper.append(threading.Thread(target=reap_forever, name="sandbox-reaper", daemon=True))
+        _subreaper[0].start()
 
 
 def _reap_orphans() -> None:
@@ -437,17 +453,16 @@ def _reap(p: subprocess.Popen[bytes], grace: float) -> int:
     return 128 - code if code < 0 else code
 
 
-def _infrastructure_failure(streams: _Streams, runner_code: int, timed_out: bool) -> str | None:
-    """The reason, when a sandbox itself failed (bwrap's own error), as opposed to the program failing in it."""
-    err = bytes(streams.runner_err).decode("utf-8", "replace")
-    cand = bytes(streams.cand_out).decode("utf-8", "replace")
-    for text in (err, cand):
-        first = text.strip().splitlines()[0] if text.strip() else ""
-        if first.startswith("bwrap:") or first.startswith("prlimit:") or first.startswith("setpriv:"):
-            if not streams.events() or text is err:
-                return first
-    if not streams.events() and not timed_out:
-        return f"the test runner reported nothing (exit {runner_code}): {err.strip()[-300:] or 'no output'}"
+def _infrastructure_failure(streams: _Streams, runner_code: int) -> str | None:
+    """The reason, when a sandbox itself failed to start, as opposed to the program failing in it: the tests'
+    sandbox reported nothing, or the program's sandbox never sent the greeting its harness sends first."""
+    events = streams.events()
+    if not events:
+        err = bytes(streams.runner_err).decode("utf-8", "replace").strip()
+        return f"the tests' sandbox reported nothing (exit {runner_code}): {err[-300:] or 'no output'}"
+    if any(e["event"] == "no_start" for e in events):
+        out = bytes(streams.cand_out).decode("utf-8", "replace").strip()
+        return f"the program's sandbox did not start: {out[:300] or 'no output'}"
     return None
 
 
@@ -503,7 +518,6 @@ def _limit_from(result: Result, lim: Limits) -> str | None:
     return None
 
 
-_lock = threading.Lock()
 _shared: dict[Limits, Sandbox] = {}
 
 

@@ -114,9 +114,12 @@ def _short(e, with_type=True):
 
 
 def candidate(req_fd, rep_fd):
-    spec = json.loads(sys.stdin.read())
     requests = os.fdopen(req_fd, "rb")
     replies = os.fdopen(rep_fd, "wb")
+    # Sent before any of the program runs: a sandbox that never says this failed to start (an infrastructure
+    # error), which no program can fake by printing what bwrap prints and exiting.
+    send(replies, {"started": True})
+    spec = json.loads(sys.stdin.read())
     sys.stdin = open(os.devnull)
     ns = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
@@ -234,6 +237,13 @@ def runner(req_fd, rep_fd):
         emit({"event": "bad_tests", "error": _short(e)})
         return
     emit({"event": "tests", "names": [label for _, label, is_test in steps if is_test]})
+    try:
+        started = receive(replies)
+    except ValueError:
+        started = None
+    if started is None or started.get("started") is not True:
+        emit({"event": "no_start"})
+        return
     try:
         hello = receive(replies)
     except ValueError as e:
