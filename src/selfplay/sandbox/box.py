@@ -49,8 +49,9 @@ class SandboxUnavailable(UserError):
     """No working isolation on this machine (bubblewrap missing, or namespaces refused)."""
 
 
-class SandboxError(RuntimeError):
-    """A sandbox failed to start after its retries: an infrastructure error, never a verdict."""
+class SandboxError(UserError):
+    """A sandbox failed to start after its retries: an infrastructure error, never a verdict. The stage stops
+    with the reason; the verdicts already written stay, and a resume goes on from them."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ class Sandbox:
                 if infra is None:
                     return result
                 time.sleep(0.2 * (attempt + 1))
-            raise SandboxError(f"the sandbox failed to start {self.limits.retries + 1} times: {infra}")
+            raise SandboxError(f"the sandbox failed to start {self.limits.retries + 1} times: {infra}; nothing was "
+                               "scored for this program (fix the machine, then resume the run)")
         finally:
             self._slots.put(slot)
 
