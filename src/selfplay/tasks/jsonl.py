@@ -30,6 +30,14 @@ def data_path(path: str) -> Path:
     return Path(path)
 
 
+def response_field(obj: dict, where: str) -> str | None:
+    """A line's optional 'response' (a whole written answer: the demonstration), checked."""
+    response = obj.get("response")
+    if response is not None and (not isinstance(response, str) or not response.strip()):
+        raise UserError(f"{where}: 'response' must be a non-empty string")
+    return response
+
+
 @dataclass
 class JsonlTask:
     path: str
@@ -53,10 +61,9 @@ class JsonlTask:
                 if not isinstance(obj.get(key), (str, int, float)) or str(obj[key]).strip() == "":
                     raise UserError(f"{path}: line {lineno}: needs a non-empty '{key}' (string or number)")
             meta = {k: v for k, v in obj.items() if k not in ("prompt", "answer", "response")}
-            if obj.get("response") is not None:  # a written answer to learn from (SPIN, the 'sft' recipe)
-                if not isinstance(obj["response"], str) or not obj["response"].strip():
-                    raise UserError(f"{path}: line {lineno}: 'response' must be a non-empty string")
-                meta["demonstration"] = obj["response"]
+            response = response_field(obj, f"{path}: line {lineno}")
+            if response is not None:  # a written answer to learn from (SPIN, the 'sft' recipe)
+                meta["demonstration"] = response
             solution = obj.get("solution")
             items.append(
                 RawItem(str(obj["prompt"]), str(obj["answer"]), meta, str(solution) if solution is not None else None)
