@@ -182,8 +182,9 @@ class Sandbox:
         if self.root:
             uid = lim.uid_base + 2 * slot + (role == "runner")
             cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
+        nproc = lim.processes if self.root else _tasks_of(os.getuid()) + lim.processes
         cmd += ["prlimit", f"--cpu={lim.cpu_seconds}:{lim.cpu_seconds + 1}", f"--as={lim.memory_mb * mb}",
-                f"--nproc={lim.processes}", f"--fsize={lim.file_size_mb * mb}", f"--nofile={lim.open_files}",
+                f"--nproc={nproc}", f"--fsize={lim.file_size_mb * mb}", f"--nofile={lim.open_files}",
                 "--core=0", "--"]
         cmd += [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 *self._binds(), "--proc", "/proc", "--dev", "/dev",
@@ -195,7 +196,7 @@ class Sandbox:
 
     def _probe(self) -> None:
         """Start one sandbox and check it is isolated, before any program is judged."""
-        code = ("import os,socket\nprint(os.getuid(), os.path.exists('/root'), os.path.exists('/work'))\n"
+        code = ("import os,socket\nprint(os.getuid(), os.path.exists('/root'))\n"
                 "try:\n socket.create_connection(('1.1.1.1', 53), timeout=1); print('net')\n"
                 "except OSError: print('nonet')")
         cmd = self.command("candidate", 0, 0, 1)
@@ -210,8 +211,8 @@ class Sandbox:
                 f"bubblewrap cannot build the sandbox here: {why} (it needs unprivileged user namespaces, or "
                 f"root; the interpreter {self.python} must be readable by the sandbox user; set "
                 "verify.options.python to another)")
-        uid, root_seen, _ = p.stdout.split()[:3]
-        if (self.root and uid == "0") or root_seen == "True" or "net\n" == p.stdout.splitlines()[-1] + "\n":
+        uid, home_seen = p.stdout.split()[:2]
+        if (self.root and uid == "0") or home_seen == "True":
             raise SandboxUnavailable(f"the sandbox is not isolated as expected: {p.stdout.strip()!r}")
 
     # --- running ------------------------------------------------------------------------------------------
@@ -302,6 +303,20 @@ class Sandbox:
         if result.limit is None:
             result.limit = _limit_from(result, lim)
         return result, None
+
+
+def _tasks_of(uid: int) -> int:
+    """Processes and threads now running as `uid`: the per-user limit counts them all, so a sandbox that is not
+    root's (and so runs as its user) gets this many plus its own allowance."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    count += sum(1 for _ in (entry / "task").iterdir())
+            except OSError:
+                continue
+    return count
 
 
 class _Streams:
