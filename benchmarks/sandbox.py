@@ -51,8 +51,10 @@ CASES = [
      "        os.kill(t, signal.SIGKILL)\n    except OSError:\n        pass\n" + GOOD),
     ("setsid grandchild holding the pipes", "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
      "    time.sleep(60)\n" + GOOD),
-    ("fill /tmp", "def add(a, b):\n    with open('/tmp/f', 'wb') as f:\n        for _ in range(100):\n"
-     "            f.write(b'x' * (1 << 20))\n"),
+    ("fill /tmp", "def add(a, b):\n    k = 0\n    while True:\n        open(f'/tmp/f{k}', 'wb')"
+     ".write(b'x' * (1 << 20))\n        k += 1\n"),
+    ("one file over the size limit", "def add(a, b):\n    with open('/tmp/f', 'wb') as f:\n"
+     "        for _ in range(100):\n            f.write(b'x' * (1 << 20))\n"),
     ("fill /dev/shm", "def add(a, b):\n    k = 0\n    while True:\n        open(f'/dev/shm/f{k}', 'wb')"
      ".write(b'x' * (1 << 20))\n        k += 1\n"),
     ("os._exit(0) before the tests", "import os\nos._exit(0)\n" + GOOD),
