@@ -415,6 +415,7 @@ _active: set[int] = set()  # bwrap processes a run is waiting on, which only the
 
 
 _subreaper: list[threading.Thread] = []
+_subreaper_lock = threading.Lock()  # not _lock: shared_sandbox holds that while a Sandbox is built
 
 
 def _become_subreaper() -> None:
@@ -422,7 +423,7 @@ def _become_subreaper() -> None:
     inits do late or never, and zombies count against the slot uid's process limit. As a child subreaper, this
     process inherits them, and a daemon thread reaps them (`_reap_orphans`) twice a second, besides each run's
     own reaping. Linux only, as bubblewrap is."""
-    with _lock:
+    with _subreaper_lock:
         if _subreaper:
             return
         libc = ctypes.CDLL(None, use_errno=True)
