@@ -152,7 +152,6 @@ class Sandbox:
             if shutil.which(tool) is None:
                 raise SandboxUnavailable(f"code verification needs util-linux's '{tool}', which is not on PATH")
         self.python = _interpreter(self.limits)
-        _become_subreaper()
         self.root = os.geteuid() == 0
         self.workers = self.limits.workers or (os.cpu_count() or 1)
         self._slots: queue.Queue[int] = queue.Queue()
@@ -202,7 +201,8 @@ class Sandbox:
         cmd = self.command("candidate", 0, 0, 1)
         cmd = cmd[: cmd.index("-c") + 1] + [code]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            with _Subreaping():
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SandboxUnavailable(f"the sandbox did not start ({e})") from None
         if p.returncode != 0 or "nonet" not in p.stdout:
@@ -221,11 +221,12 @@ class Sandbox:
         """One program against its tests, on a free pool slot. Raises SandboxError if the sandbox cannot start."""
         slot = self._slots.get()
         try:
-            for attempt in range(self.limits.retries + 1):
-                result, infra = self._run_once(code, spec, slot)
-                if infra is None:
-                    return result
-                time.sleep(0.2 * (attempt + 1))
+            with _Subreaping():
+                for attempt in range(self.limits.retries + 1):
+                    result, infra = self._run_once(code, spec, slot)
+                    if infra is None:
+                        return result
+                    time.sleep(0.2 * (attempt + 1))
             raise SandboxError(f"the sandbox failed to start {self.limits.retries + 1} times: {infra}; nothing was "
                                "scored for this program (fix the machine, then resume the run)")
         finally:
@@ -414,29 +415,42 @@ _reaping = threading.Lock()
 _active: set[int] = set()  # bwrap processes a run is waiting on, which only their Popen may reap
 
 
-_subreaper: list[threading.Thread] = []
 _subreaper_lock = threading.Lock()  # not _lock: shared_sandbox holds that while a Sandbox is built
+_subreaper = {"runs": 0, "thread": None}
 
 
-def _become_subreaper() -> None:
-    """bwrap leaves its sandbox's PID 1 behind as a zombie for the machine's init to reap, which some container
-    inits do late or never, and zombies count against the slot uid's process limit. As a child subreaper, this
-    process inherits them, and a daemon thread reaps them (`_reap_orphans`) twice a second, besides each run's
-    own reaping. Linux only, as bubblewrap is."""
-    with _subreaper_lock:
-        if _subreaper:
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise SandboxUnavailable(f"cannot become a child subreaper (errno {ctypes.get_errno()})")
+class _Subreaping:
+    """While any sandbox runs, this process is a child subreaper. bwrap leaves each sandbox's PID 1 behind as
+    a zombie for the machine's init, which some container inits reap late or never, and zombies count against
+    a slot uid's process limit; as the subreaper this process inherits them, and a daemon thread reaps them
+    (`_reap_orphans`) twice a second. When no sandbox runs, the setting is off again, so that no other orphan
+    of this process's children (a server's workers, say) comes to it. Linux only, as bubblewrap is."""
 
-        def reap_forever() -> None:
-            while True:
-                time.sleep(0.5)
-                _reap_orphans()
+    def __enter__(self) -> None:
+        with _subreaper_lock:
+            if _subreaper["runs"] == 0:
+                _set_subreaper(1)
+            _subreaper["runs"] += 1
+            if _subreaper["thread"] is None:
+                def reap_forever() -> None:
+                    while True:
+                        time.sleep(0.5)
+                        _reap_orphans()
 
-        _subreaper.append(threading.Thread(target=reap_forever, name="sandbox-reaper", daemon=True))
-        _subreaper[0].start()
+                _subreaper["thread"] = threading.Thread(target=reap_forever, name="sandbox-reaper", daemon=True)
+                _subreaper["thread"].start()
+
+    def __exit__(self, *exc: object) -> None:
+        with _subreaper_lock:
+            _subreaper["runs"] -= 1
+            if _subreaper["runs"] == 0:
+                _set_subreaper(0)
+
+
+def _set_subreaper(on: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, on, 0, 0, 0) != 0:
+        raise SandboxError(f"cannot {'become' if on else 'stop being'} a child subreaper (errno {ctypes.get_errno()})")
 
 
 def _reap_orphans() -> None:
