@@ -7,7 +7,8 @@ Throughput: the 160 reference solutions of builtin:code-functions, each checked 
   - bare: `python3 -I -S -c PROGRAM+TESTS` in a plain subprocess (no isolation; the verdict is the exit code,
     which the program itself controls: what an unsandboxed harness does),
   - sandbox: selfplay's Sandbox (two bubblewrap sandboxes per program, verdict computed outside),
-with 1 and 2 programs at a time. Printed: programs per second and milliseconds per program.
+with 1 and 2 programs at a time. Printed: programs per second and milliseconds per program. Then HumanEval's 164
+canonical solutions (each must pass) and a stub returning None for each (none may).
 
 Hostile programs: each case below through the same sandbox (default limits but a 3 s timeout and 2 s of CPU),
 with the verdict, the limit it hit and the wall time, as a Markdown table.
@@ -99,6 +100,21 @@ def throughput(rounds: int) -> None:
                   f"{passed}/{len(items)} |")
 
 
+def humaneval() -> None:
+    """Every HumanEval canonical solution must pass in the sandbox, and a stub returning None must not."""
+    from selfplay.tasks.code import HumanEvalTask
+
+    problems = HumanEvalTask().split().heldout
+    sandbox = Sandbox(Limits(workers=2))
+    specs = [TestSpec(p.meta["entry_point"], check=p.meta["check"], context=p.meta["context"]) for p in problems]
+    start = time.perf_counter()
+    right = dict(sandbox.run_many([(p.meta["solution_code"], s) for p, s in zip(problems, specs, strict=True)]))
+    seconds = time.perf_counter() - start
+    stub = dict(sandbox.run_many([(f"def {s.entry_point}(*a, **k):\n    return None\n", s) for s in specs]))
+    print(f"HumanEval: {sum(r.passed for r in right.values())} of {len(problems)} canonical solutions pass "
+          f"({seconds:.1f} s, 2 at once); a stub returning None passes {sum(r.passed for r in stub.values())}")
+
+
 def hostile() -> None:
     sandbox = Sandbox(Limits(timeout=3, cpu_seconds=2, workers=1))
     print("| program | passed | status | limit hit | seconds | first reason |")
@@ -117,6 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.part in ("all", "throughput"):
         throughput(args.rounds)
+        humaneval()
     if args.part in ("all", "hostile"):
         hostile()
 

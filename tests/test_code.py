@@ -71,13 +71,16 @@ def test_code_is_taken_from_the_block_that_defines_the_function():
 
 
 @needs_bwrap
-def test_humaneval_loads_all_164_and_the_sandbox_passes_every_canonical_solution_and_no_stub():
+def test_humaneval_loads_all_164_and_the_sandbox_passes_canonical_solutions_and_no_stub():
     problems = HumanEvalTask().split().heldout
     assert len(problems) == 164 and all(p.meta["context"].strip() in p.prompt for p in problems)
+    # The three whose checks call helpers from the prompt, and every fourth: `python benchmarks/sandbox.py`
+    # and BENCHMARKS have all 164 (each passes).
+    helpers = {"HumanEval/32", "HumanEval/38", "HumanEval/50"}
+    some = [p for k, p in enumerate(problems) if k % 4 == 0 or p.meta["task_id"] in helpers]
     verifier = CodeVerifier(workers=2)
-    right = verifier.verify_many([(p, sample(p, p.meta["demonstration"])) for p in problems])
-    assert [p.meta["task_id"] for p, v in zip(problems, right, strict=True) if not v.passed] == []
-    some = problems[::4]  # a stub that returns None fails them (every fourth, to keep the suite short)
+    right = verifier.verify_many([(p, sample(p, p.meta["demonstration"])) for p in some])
+    assert [p.meta["task_id"] for p, v in zip(some, right, strict=True) if not v.passed] == []
     stubs = [(p, sample(p, f"```python\ndef {p.meta['entry_point']}(*a, **k):\n    return None\n```", 1))
              for p in some]
     assert [p.meta["task_id"] for p, v in zip(some, verifier.verify_many(stubs), strict=True) if v.passed] == []
@@ -86,7 +89,7 @@ def test_humaneval_loads_all_164_and_the_sandbox_passes_every_canonical_solution
 @needs_bwrap
 def test_builtin_reference_solutions_pass_and_verdicts_carry_the_sandbox_report():
     split = CodeTask(train_size=100, eval_size=60).split()
-    problems = split.train + split.heldout
+    problems = (split.train + split.heldout)[::3]  # all 160 pass in `python benchmarks/sandbox.py`
     verifier = CodeVerifier(workers=2)
     verdicts = verifier.verify_many([(p, sample(p, p.meta["demonstration"])) for p in problems])
     assert all(v.passed and v.score == 1.0 for v in verdicts)
