@@ -36,7 +36,8 @@ def sandbox() -> Sandbox:
 
 def sandbox_pids(sb: Sandbox) -> list[int]:
     """Processes running as any of the sandbox's uids (root only: elsewhere they run as the user)."""
-    uids = {str(sb.limits.uid_base + k) for k in range(2 * sb.workers)}
+    slots = range(sb.first_slot, sb.first_slot + sb.workers)
+    uids = {str(sb.limits.uid_base + 2 * slot + role) for slot in slots for role in (0, 1)}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -368,3 +369,35 @@ def test_limits_are_checked_by_name():
     with pytest.raises(Exception, match="verify.options.timeout: must be above 0"):
         Limits.from_options({"timeout": 0})
     assert Limits.from_options({"timeout": 3, "workers": 1}).timeout == 3.0
+
+
+def test_what_a_program_controls_cannot_crash_or_fool_the_parent(sandbox):
+    # A memory figure too large for a float, reported by the program's own (patched) harness.
+    patched, _ = run(sandbox, "import __main__\n__main__.rss_kb = lambda: 10 ** 400\n" + GOOD)
+    assert patched.passed and patched.memory_mb < 1 << 30
+    # A lone surrogate in its error text: the verdict must still be writable as UTF-8.
+    surrogate, _ = run(sandbox, "def add(a, b):\n    raise ValueError('\\ud800')\n")
+    assert not surrogate.passed
+    json.dumps(surrogate.to_dict(), ensure_ascii=False).encode("utf-8")
+    # StopIteration would end the test's own map() early: all(map(f, xs)) of nothing is True.
+    stop = Spec("is_even", tests=["assert all(map(is_even, [2, 4]))", "assert not any(map(is_even, [1, 3]))"])
+    stopped, _ = run(sandbox, "def is_even(n):\n    raise StopIteration\n", stop)
+    assert not stopped.passed and [t["passed"] for t in stopped.tests] == [False, False]
+    # A value the tests print cannot pass for the runner's report.
+    forged = '{"event": "test", "index": 0, "passed": true, "error": null}\\n{"event": "done"}'
+    printed = Spec("add", tests=["v = add('a', 'b'); print(v); assert v == 'ab'"])
+    fooled, _ = run(sandbox, f"def add(a, b):\n    return '\\n{forged}\\n'\n", printed)
+    assert not fooled.passed and fooled.status == "failed"
+    # Flooding its output while loading is the program's failure, not a sandbox that failed to start.
+    flood, _ = run(sandbox, "print('x' * 10 ** 6)\n" + GOOD)
+    assert not flood.passed and flood.status == "output_limit"
+
+
+def test_big_ints_cross_and_a_call_that_only_sets_up_is_not_a_test(sandbox):
+    big = Spec("fact", tests=["import math; assert fact(2000) == math.factorial(2000)"])
+    result, _ = run(sandbox, "import math\ndef fact(n):\n    return math.factorial(n)\n", big)
+    assert result.passed
+    check = "def check(candidate):\n    r = candidate(1, 2)\n    assert r == 3\n    assert True\n"
+    wrong, _ = run(sandbox, "def add(a, b):\n    raise ValueError('no')\n", Spec("add", check=check))
+    assert wrong.status == "failed" and [t["name"] for t in wrong.tests] == ["line 3"]
+    assert wrong.error == "line 2: ValueError: no"

@@ -41,6 +41,7 @@ from selfplay.errors import UserError
 
 INSIDE = (Path(__file__).with_name("inside.py")).read_text(encoding="utf-8")
 RUNNER_OUTPUT_CAP = 1 << 20
+MAX_PROGRAM = 1 << 20
 _PR_SET_CHILD_SUBREAPER = 36
 _lock = threading.Lock()
 
@@ -61,7 +62,7 @@ class Limits:
     timeout: float = 10.0  # wall-clock seconds for loading the program and running every test
     cpu_seconds: int = 10  # CPU time of the program's process (SIGXCPU, then SIGKILL one second later)
     memory_mb: int = 512  # address space of each process
-    processes: int = 32  # processes and threads of the program's uid
+    processes: int = 16  # processes and threads of the program's uid
     file_size_mb: int = 8  # largest file the program may write
     open_files: int = 64
     tmp_mb: int = 16  # size of its /tmp and of its /dev/shm
@@ -88,7 +89,7 @@ class Limits:
                                 f"{want.__name__}, got {value!r}")
             out[name] = want(value)
         limits = cls(**out)
-        for name in ("timeout", "cpu_seconds", "memory_mb", "processes", "output_kb", "tmp_mb"):
+        for name in ("timeout", "cpu_seconds", "memory_mb", "processes", "output_kb", "tmp_mb", "open_files"):
             if not getattr(limits, name):
                 raise UserError(f"{field_name}.{name}: must be above 0")
         return limits
@@ -153,10 +154,15 @@ class Sandbox:
                 raise SandboxUnavailable(f"code verification needs util-linux's '{tool}', which is not on PATH")
         self.python = _interpreter(self.limits)
         self.root = os.geteuid() == 0
-        self.workers = self.limits.workers or (os.cpu_count() or 1)
+        # Not root, every slot shares the user's uid and so its process count: one at a time unless asked.
+        self.workers = self.limits.workers or ((os.cpu_count() or 1) if self.root else 1)
         self._slots: queue.Queue[int] = queue.Queue()
-        for k in range(self.workers):
+        with _lock:  # slots numbered across every Sandbox of this process, so no two share a uid
+            first = _next_slot[0]
+            _next_slot[0] += self.workers
+        for k in range(first, first + self.workers):
             self._slots.put(k)
+        self.first_slot = first
         self._probe()
 
     # --- the command line ---------------------------------------------------------------------------------
@@ -198,7 +204,7 @@ class Sandbox:
         code = ("import os,socket\nprint(os.getuid(), os.path.exists('/root'))\n"
                 "try:\n socket.create_connection(('1.1.1.1', 53), timeout=1); print('net')\n"
                 "except OSError: print('nonet')")
-        cmd = self.command("candidate", 0, 0, 1)
+        cmd = self.command("candidate", self.first_slot, 0, 1)
         cmd = cmd[: cmd.index("-c") + 1] + [code]
         try:
             with _Subreaping():
@@ -219,6 +225,8 @@ class Sandbox:
 
     def run(self, code: str, spec: TestSpec) -> Result:
         """One program against its tests, on a free pool slot. Raises SandboxError if the sandbox cannot start."""
+        if len(code.encode("utf-8", "replace")) > MAX_PROGRAM:
+            return Result(False, "load_error", error=f"the program is over {MAX_PROGRAM >> 20} MB; not run")
         slot = self._slots.get()
         try:
             with _Subreaping():
@@ -272,17 +280,17 @@ class Sandbox:
             for fd in (req_r, req_w, rep_r, rep_w):
                 os.close(fd)
         assert cand.stdin is not None and runner.stdin is not None
-        for proc, payload in ((cand, {"code": code, "context": spec.context, "entry_point": spec.entry_point}),
-                              (runner, {"tests": spec.tests, "check": spec.check, "context": spec.context,
-                                        "entry_point": spec.entry_point})):
-            try:
-                proc.stdin.write(json.dumps(payload).encode())
-                proc.stdin.close()
-            except OSError:
-                pass  # it died at once; what it printed says why
         streams = _Streams(cand, runner, lim.output_kb * 1024)
-        timed_out = not streams.pump(start + lim.timeout)
-        if timed_out or streams.over_cap:
+        _feed(runner, {"tests": spec.tests, "check": spec.check, "context": spec.context,
+                       "entry_point": spec.entry_point})
+        # The program gets its code only once the tests' sandbox has reported in: whatever the program then
+        # does (time out, flood its output) is its own failure, never a sandbox that seems not to have started.
+        reported = streams.pump(start + lim.timeout, first_event=True)
+        first = streams.events()[:1]
+        _feed(cand, {"code": code, "context": spec.context, "entry_point": spec.entry_point}
+              if reported and first and first[0]["event"] == "tests" else None)
+        timed_out = reported and not streams.pump(start + lim.timeout)
+        if not reported or timed_out or streams.over_cap:
             _kill(procs)
         # The tests are over; the program's process gets a moment to see its requests end, then goes.
         runner_code = _reap(runner, 1.0)
@@ -296,14 +304,26 @@ class Sandbox:
         if infra:
             return Result(False, "infrastructure"), infra
         events = streams.events()
-        result = _verdict(events, timed_out, streams.over_cap, cand_code)
+        result = _verdict(events, timed_out, streams.over_cap, cand_code, runner_code)
         result.seconds = seconds
         result.exit_code = cand_code
-        result.memory_mb = max((e.get("rss_kb", 0) for e in events if type(e.get("rss_kb")) is int), default=0) / 1024
+        rss = [e["rss_kb"] for e in events if type(e.get("rss_kb")) is int and 0 <= e["rss_kb"] < 1 << 40]
+        result.memory_mb = max(rss, default=0) / 1024
         result.output = streams.cand_out[:4000].decode("utf-8", "replace")
         if result.limit is None:
             result.limit = _limit_from(result, lim)
         return result, None
+
+
+def _feed(proc: subprocess.Popen[bytes], payload: dict[str, Any] | None) -> None:
+    """Write a process's input and close it (None: close it empty, so it ends without doing anything)."""
+    assert proc.stdin is not None
+    try:
+        if payload is not None:
+            proc.stdin.write(json.dumps(payload).encode())
+        proc.stdin.close()
+    except OSError:
+        pass  # it died at once; what it printed says why
 
 
 def _tasks_of(uid: int) -> int:
@@ -336,9 +356,12 @@ class _Streams:
             os.set_blocking(stream.fileno(), False)
             self.sel.register(stream, selectors.EVENT_READ, (buf, limit))
 
-    def pump(self, deadline: float) -> bool:
-        """Read until the runner's report ends; False if the deadline came first."""
+    def pump(self, deadline: float, first_event: bool = False) -> bool:
+        """Read until the runner's report ends (or, with `first_event`, has its first line); False if the
+        deadline came first."""
         while True:
+            if first_event and b"\n" in self.runner_out:
+                return True
             open_runner = any(k.fileobj is not None and k.data[0] is not self.cand_out
                               for k in self.sel.get_map().values())
             if not open_runner:
@@ -380,12 +403,23 @@ class _Streams:
         out = []
         for line in bytes(self.runner_out).splitlines():
             try:
-                obj = json.loads(line)
-            except ValueError:
+                obj = _clean(json.loads(line))
+            except (ValueError, RecursionError):
                 continue
             if isinstance(obj, dict) and isinstance(obj.get("event"), str):
                 out.append(obj)
         return out
+
+
+def _clean(value: Any) -> Any:
+    """Strings as UTF-8 can carry them: a program's error text may hold a lone surrogate, which no file takes."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
 
 
 def _kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -489,7 +523,7 @@ def _infrastructure_failure(streams: _Streams, runner_code: int) -> str | None:
     """The reason, when a sandbox itself failed to start, as opposed to the program failing in it: the tests'
     sandbox reported nothing, or the program's sandbox never sent the greeting its harness sends first."""
     events = streams.events()
-    if not events:
+    if not events:  # the program had not been given its code yet: this is the sandbox's failure alone
         err = bytes(streams.runner_err).decode("utf-8", "replace").strip()
         return f"the tests' sandbox reported nothing (exit {runner_code}): {err[-300:] or 'no output'}"
     if any(e["event"] == "no_start" for e in events):
@@ -498,9 +532,13 @@ def _infrastructure_failure(streams: _Streams, runner_code: int) -> str | None:
     return None
 
 
-def _verdict(events: list[dict[str, Any]], timed_out: bool, over_cap: bool, cand_code: int) -> Result:
+def _verdict(events: list[dict[str, Any]], timed_out: bool, over_cap: bool, cand_code: int, runner_code: int
+             ) -> Result:
     names: list[str] = next((e.get("names", []) for e in events if e["event"] == "tests"), [])
-    outcome = {e.get("index"): e for e in events if e["event"] == "test"}
+    outcome: dict[Any, dict[str, Any]] = {}
+    for e in events:
+        if e["event"] == "test":
+            outcome.setdefault(e.get("index"), e)  # the first report of a test stands
     tests = []
     for k, name in enumerate(names):
         e = outcome.get(k)
@@ -524,8 +562,8 @@ def _verdict(events: list[dict[str, Any]], timed_out: bool, over_cap: bool, cand
         else:
             error = str(end.get("error"))[:500]
         return Result(False, "failed" if status == "aborted" else status, tests, None, error)
-    if not done:
-        return Result(False, "exited", tests, None, "the test runner stopped before the end")
+    if not done or runner_code != 0:
+        return Result(False, "exited", tests, None, f"the test runner stopped before the end (exit {runner_code})")
     passed = bool(tests) and all(t["passed"] for t in tests)
     if not tests:
         return Result(False, "bad_tests", tests, None, "the tests call the entry point nowhere")
@@ -551,6 +589,7 @@ def _limit_from(result: Result, lim: Limits) -> str | None:
 
 
 _shared: dict[Limits, Sandbox] = {}
+_next_slot = [0]
 
 
 def shared_sandbox(limits: Limits) -> Sandbox:

@@ -22,6 +22,8 @@ import sys
 
 MAX_MESSAGE = 4 << 20  # bytes in one value crossing between the sandboxes
 MAX_DEPTH = 200
+MAX_RSS_KB = 1 << 40
+sys.set_int_max_str_digits(0)  # a right answer may be a 5,000-digit int; MAX_MESSAGE still bounds it
 
 
 def encode(v, depth=0):
@@ -140,11 +142,11 @@ def candidate(req_fd, rep_fd):
             return
         try:
             value = fn(*decode(req["args"]), **decode(req["kwargs"]))
-            reply = {"value": encode(value)}
-        except BaseException as e:  # noqa: BLE001
-            reply = {"raise": {"type": type(e).__name__, "message": _short(e, with_type=False)}}
-        reply["rss_kb"] = rss_kb()
-        send(replies, reply)
+            reply = {"value": encode(value), "rss_kb": rss_kb()}
+            send(replies, reply)
+        except BaseException as e:  # noqa: BLE001 - what the call (or sending its value) raised is its verdict
+            send(replies, {"raise": {"type": type(e).__name__, "message": _short(e, with_type=False)},
+                           "rss_kb": rss_kb()})
 
 
 # --- the runner: the tests ---------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ class Proxy:
             raise CandidateGone(f"the program's process sent {e}") from None
         if reply is None:
             raise CandidateGone("the program's process ended")
-        if type(reply.get("rss_kb")) is int:
+        if type(reply.get("rss_kb")) is int and 0 <= reply["rss_kb"] < MAX_RSS_KB:
             self.rss_kb = max(self.rss_kb, reply["rss_kb"])
         if "value" in reply:
             try:
@@ -187,7 +189,10 @@ class Proxy:
             raise CandidateGone("the program's process sent a malformed reply")
         name, message = str(raised.get("type")), str(raised.get("message"))[:500]
         builtin = getattr(builtins, name, None)
-        if isinstance(builtin, type) and issubclass(builtin, Exception) and builtin is not CandidateGone:
+        # Only plain exceptions are raised again as themselves; StopIteration and StopAsyncIteration would end
+        # a test's own loop or map() early (a wrong function raising them could pass all(map(f, xs))).
+        if (isinstance(builtin, type) and issubclass(builtin, Exception)
+                and not issubclass(builtin, (StopIteration, StopAsyncIteration))):
             raise builtin(message)
         raise CandidateError(message)
 
@@ -197,12 +202,12 @@ def _names(node):
 
 
 def _steps(spec):
-    """(source, label, is_test) in order, and the set-up to run first. A list of asserts: each is a test. A
-    `check(candidate)` function: its top-level statements run one by one, and each that uses the candidate is a
-    test (the others, such as an `assert True` at the end, only set up)."""
+    """(source, label, kind) in order, and the set-up to run first; kind is 'test', 'uses' (calls the candidate
+    but asserts nothing) or 'setup'. A list of asserts: each is a test. A `check(candidate)` function: its
+    top-level statements run one by one, and each that asserts something is a test."""
     entry = spec["entry_point"]
     if spec.get("tests") is not None:
-        return [(src, f"tests[{k}]", True) for k, src in enumerate(spec["tests"])], None
+        return [(src, f"tests[{k}]", "test") for k, src in enumerate(spec["tests"])], None
     tree = ast.parse(spec["check"])
     check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is None or not check.args.args:
@@ -211,12 +216,16 @@ def _steps(spec):
     param = check.args.args[0].arg
     steps = []
     for n in check.body:
-        steps.append((ast.unparse(n), f"line {n.lineno}", bool({param, entry} & _names(n))))
+        asserts = [a for a in ast.walk(n) if isinstance(a, ast.Assert) and not isinstance(a.test, ast.Constant)]
+        uses = bool({param, entry} & _names(n))
+        # A test asserts something (`assert True` does not count); a statement that only calls the candidate
+        # (r = candidate(x)) sets up the next assert, and its failure is the program's, not the tests'.
+        steps.append((ast.unparse(n), f"line {n.lineno}", "test" if asserts else "uses" if uses else "setup"))
     try:
         for src, _, _ in steps:
             compile(src, "<tests>", "exec")
     except SyntaxError:  # a `return` or `yield` in the body: the whole check is one test
-        steps = [(f"check({param})", "check", True)]
+        steps = [(f"check({param})", "check", "test")]
         setup = tree
     return steps, (ast.unparse(setup), param)
 
@@ -225,7 +234,11 @@ def runner(req_fd, rep_fd):
     spec = json.loads(sys.stdin.read())
     requests = os.fdopen(req_fd, "wb")
     replies = os.fdopen(rep_fd, "rb")
-    out = sys.stdout
+    # The report has stdout to itself: whatever the tests print (values the program returned, say) goes to
+    # stderr, so no printed text can pass for a report line.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def emit(obj):
         out.write(json.dumps(obj) + "\n")
@@ -236,7 +249,7 @@ def runner(req_fd, rep_fd):
     except (SyntaxError, ValueError) as e:
         emit({"event": "bad_tests", "error": _short(e)})
         return
-    emit({"event": "tests", "names": [label for _, label, is_test in steps if is_test]})
+    emit({"event": "tests", "names": [label for _, label, kind in steps if kind == "test"]})
     try:
         started = receive(replies)
     except ValueError:
@@ -255,7 +268,7 @@ def runner(req_fd, rep_fd):
         emit({"event": "load_error", "error": str(hello.get("load_error", "malformed greeting"))[:500]})
         return
     rss = hello.get("rss_kb")
-    proxy = Proxy(spec["entry_point"], requests, replies, rss if type(rss) is int else 0)
+    proxy = Proxy(spec["entry_point"], requests, replies, rss if type(rss) is int and 0 <= rss < MAX_RSS_KB else 0)
     ns = {"__name__": "__tests__"}
     try:
         exec(compile(spec.get("context", ""), "<context>", "exec"), ns)
@@ -270,7 +283,7 @@ def runner(req_fd, rep_fd):
         emit({"event": "bad_tests", "error": "set-up: " + _short(e)})
         return
     index, failed = 0, False
-    for src, label, is_test in steps:
+    for src, label, kind in steps:
         try:
             exec(compile(src, "<tests>", "exec"), ns)
             error = None
@@ -281,13 +294,14 @@ def runner(req_fd, rep_fd):
             error = _short(e)
             if isinstance(e, AssertionError) and not str(e):
                 error = f"AssertionError: {src.strip().splitlines()[0][:200]}"
-        if is_test:
+        if kind == "test":
             emit({"event": "test", "index": index, "passed": error is None, "error": error, "rss_kb": proxy.rss_kb})
             index += 1
             failed = failed or error is not None
         elif error is not None:
-            # A set-up step failing after a failed test may only be its consequence.
-            emit({"event": "aborted" if failed else "bad_tests", "error": f"{label}: {error}"})
+            # A step that calls the program failed because of it; a set-up step failing after a failed test may
+            # only be that test's consequence. Otherwise the tests themselves are broken.
+            emit({"event": "aborted" if failed or kind == "uses" else "bad_tests", "error": f"{label}: {error}"})
             return
     emit({"event": "done"})
 
