@@ -157,7 +157,7 @@ class Sandbox:
         # Not root, every slot shares the user's uid and so its process count: one at a time unless asked.
         self.workers = self.limits.workers or ((os.cpu_count() or 1) if self.root else 1)
         self._slots: queue.Queue[int] = queue.Queue()
-        with _lock:  # slots numbered across every Sandbox of this process, so no two share a uid
+        with _slot_lock:  # slots numbered across every Sandbox of this process, so no two share a uid
             first = _next_slot[0]
             _next_slot[0] += self.workers
         for k in range(first, first + self.workers):
@@ -449,7 +449,7 @@ _reaping = threading.Lock()
 _active: set[int] = set()  # bwrap processes a run is waiting on, which only their Popen may reap
 
 
-_subreaper_lock = threading.Lock()  # not _lock: shared_sandbox holds that while a Sandbox is built
+_subreaper_lock = threading.Lock()
 _subreaper = {"runs": 0, "thread": None}
 
 
@@ -590,11 +590,16 @@ def _limit_from(result: Result, lim: Limits) -> str | None:
 
 _shared: dict[Limits, Sandbox] = {}
 _next_slot = [0]
+_slot_lock = threading.Lock()
 
 
 def shared_sandbox(limits: Limits) -> Sandbox:
-    """One probed Sandbox per set of limits in this process (the probe costs a sandbox start)."""
+    """One probed Sandbox per set of limits in this process (the probe costs a sandbox start). No lock is held
+    while one is built: two threads may both build one, and the first stored is kept."""
     with _lock:
-        if limits not in _shared:
-            _shared[limits] = Sandbox(limits)
-        return _shared[limits]
+        found = _shared.get(limits)
+    if found is not None:
+        return found
+    built = Sandbox(limits)
+    with _lock:
+        return _shared.setdefault(limits, built)
