@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from selfplay.sandbox import Limits, Sandbox, TestSpec  # noqa: E402
 from selfplay.tasks.code import CodeTask  # noqa: E402
+from selfplay.verifiers.code import test_spec  # noqa: E402
 
 ADD = TestSpec("add", tests=["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add('a', 'b') == 'ab'"])
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -78,8 +79,7 @@ def bare(code: str, tests: list[str]) -> bool:
 
 def throughput(rounds: int) -> None:
     split = CodeTask(train_size=100, eval_size=60).split()
-    items = [(p.meta["solution_code"], TestSpec(p.meta["entry_point"], tests=p.meta["tests"]))
-             for p in split.train + split.heldout]
+    items = [(p.meta["solution_code"], test_spec(p)) for p in split.train + split.heldout]
     print(f"{len(items)} programs (builtin:code-functions reference solutions), {rounds} round(s), median")
     print("| harness | at once | programs/s | ms per program | passed |")
     print("|---|---|---|---|---|")
@@ -106,7 +106,7 @@ def humaneval() -> None:
 
     problems = HumanEvalTask().split().heldout
     sandbox = Sandbox(Limits(workers=2))
-    specs = [TestSpec(p.meta["entry_point"], check=p.meta["check"], context=p.meta["context"]) for p in problems]
+    specs = [test_spec(p) for p in problems]
     start = time.perf_counter()
     right = dict(sandbox.run_many([(p.meta["solution_code"], s) for p, s in zip(problems, specs, strict=True)]))
     seconds = time.perf_counter() - start

@@ -86,10 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    import ast
-
     from selfplay.sandbox import Limits, Sandbox, TestSpec
-    from selfplay.tasks.code import called_function
+    from selfplay.tasks.code import called_function, split_tests
 
     texts = {}
     for name, path in (("PROGRAM", args.program), ("--tests", args.tests)):
@@ -97,7 +95,6 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             texts[name] = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{name} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    tests = texts["--tests"]
     options: dict[str, object] = {}
     for item in args.option or []:
         key, sep, value = item.partition("=")
@@ -105,16 +102,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             raise UserError(f"--option {item!r}: expected KEY=VALUE, e.g. timeout=5")
         options[key] = value if key == "python" else _number(key, value)
     limits = Limits.from_options(options, "--option")
-    try:
-        tree = ast.parse(tests)
-    except SyntaxError as e:
-        raise UserError(f"--tests {args.tests}: not valid Python ({e.msg}, line {e.lineno})") from None
-    has_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
-    asserts = None if has_check else [ast.unparse(n) for n in tree.body]
+    asserts, check = split_tests(texts["--tests"], f"--tests {args.tests}")
     entry = args.entry_point or (called_function(asserts) if asserts else None)
     if entry is None:
         raise UserError(f"--tests {args.tests}: give --entry-point NAME (the function check(candidate) is called with)")
-    spec = TestSpec(entry, tests=asserts, check=tests if has_check else None)
+    spec = TestSpec(entry, tests=asserts, check=check)
     result = Sandbox(limits).run(texts["PROGRAM"], spec)
     print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     return 0

@@ -394,7 +394,7 @@ class _Streams:
     def drain(self) -> None:
         """After the processes are gone: whatever is left in the pipes, up to the caps."""
         for key in list(self.sel.get_map().values()):
-            while key.fileobj in [k.fileobj for k in self.sel.get_map().values()] and self._read(key):
+            while key.fileobj in self.sel.get_map() and self._read(key):
                 if len(key.data[0]) >= key.data[1]:
                     break
         self.sel.close()
@@ -423,8 +423,9 @@ def _clean(value: Any) -> Any:
 
 
 def _kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Kill each sandbox from the inside out: its PID 1 first, so that bwrap reaps it and no zombie is left to
-    whatever init this machine has (zombies would count against the slot's process limit), then bwrap."""
+    """Kill each sandbox from the inside out: its PID 1 first (its whole PID namespace goes with it), which bwrap,
+    still alive, then reaps; bwrap itself only if it has not ended on its own within half a second. (When a
+    sandbox ends by itself bwrap does leave its PID 1 behind, for `_Subreaping`.)"""
     for p in procs:
         try:
             children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()

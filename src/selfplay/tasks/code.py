@@ -59,22 +59,24 @@ def called_function(tests: list[str]) -> str | None:
     return None
 
 
-def _statements(text: str, where: str) -> list[str]:
+def split_tests(text: str, where: str) -> tuple[list[str] | None, str | None]:
+    """Tests given as one text: (None, the text) when it defines HumanEval's `check`, else (its statements, each
+    one test, None). One line naming `where` when it is not Python."""
     try:
         tree = ast.parse(text)
     except SyntaxError as e:
-        raise UserError(f"{where}: the tests are not valid Python ({e.msg}, line {e.lineno})") from None
-    return [ast.unparse(n) for n in tree.body]
+        raise UserError(f"{where}: not valid Python ({e.msg}, line {e.lineno})") from None
+    if any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body):
+        return None, text
+    return [ast.unparse(n) for n in tree.body], None
 
 
 def code_meta(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """The code fields of one JSONL object, checked: entry_point, tests or check, context, solution code."""
     tests = obj.get("tests", obj.get("test_list"))
     check = None
-    if isinstance(tests, str) and "def check(" in tests:
-        check, tests = tests, None
-    elif isinstance(tests, str):
-        tests = _statements(tests, where)
+    if isinstance(tests, str):
+        tests, check = split_tests(tests, f"{where}: 'tests'")
     if check is None:
         if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
             raise UserError(f"{where}: 'tests' must be a non-empty list of assert statements, or a string with a "
@@ -84,11 +86,6 @@ def code_meta(obj: dict[str, Any], where: str) -> dict[str, Any]:
                 ast.parse(src)
             except SyntaxError as e:
                 raise UserError(f"{where}: tests[{k}] is not valid Python ({e.msg})") from None
-    else:
-        try:
-            ast.parse(check)
-        except SyntaxError as e:
-            raise UserError(f"{where}: 'tests' is not valid Python ({e.msg}, line {e.lineno})") from None
     entry = obj.get("entry_point") or (called_function(tests) if tests else None)
     if not isinstance(entry, str) or not entry.isidentifier():
         raise UserError(f"{where}: needs an 'entry_point' (the function's name); none given and none found in the "
