@@ -71,3 +71,83 @@ def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(tiny_model, sums_js
     assert again.returncode == 0, again.stderr
     assert [m["iteration"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1]
     assert {p.relative_to(run): p.read_bytes() for p in (run / "problems").iterdir()} == kept
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 4 MiB filesystem (a tmpfs) that a test can fill: ENOSPC as a full disk gives it, not EFBIG."""
+    where = tmp_path / "fs"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a real full disk needs a tmpfs this user cannot mount ({mounted.stderr.strip()}); "
+                    "the RLIMIT_FSIZE tests above cover the rest")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(where, leave: int):
+    """Fill the filesystem holding `where` until `leave` bytes are free; the file that did it."""
+    st = os.statvfs(where)
+    filler = where / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_torch_save_on_a_real_full_disk_is_read_as_a_refused_write(small_filesystem):
+    import torch
+
+    from selfplay.errors import write_failure
+
+    _fill(small_filesystem, leave=8 * 1024)
+    with pytest.raises(RuntimeError) as raised:  # not an OSError: the reason only survives in the text
+        torch.save(torch.zeros(256 * 1024), small_filesystem / "optimizer.pt")
+    assert write_failure(raised.value) == "file write failed"
+    assert write_failure(RuntimeError("shape mismatch")) is None
+
+
+@pytest.mark.e2e
+def test_a_real_full_disk_in_training_is_one_line_and_resumes_once_there_is_room(
+        tiny_model, sums_jsonl, small_filesystem):
+    """torch's zip writer raises RuntimeError ("unexpected pos ...") on ENOSPC, not OSError: still one line."""
+    import time
+
+    args = tiny_overrides(tiny_model, sums_jsonl, small_filesystem, **{"review.every": 1})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = small_filesystem / "t"
+    try:
+        # The review gate holds the run after its filter stage: fill the disk there, so training meets it.
+        deadline = time.monotonic() + 240
+        while not (run / "iter-001" / "review.request.json").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+            time.sleep(0.2)
+        samples = (run / "iter-001" / "samples.jsonl").read_bytes()
+        # Room for the decision file and the LoRA adapter (66 KB), not for the optimizer state that torch.save
+        # writes next (131 KB): the write that fails is torch's own.
+        filler = _fill(small_filesystem, leave=112 * 1024)
+        assert run_cli("approve", str(run)).returncode == 0
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last == (f"selfplay: error: {run}/iter-001: cannot write (training: No space left on device); "
+                    f"free some space, then resume the run: selfplay resume {run}"), last
+    # Nothing half written is left for resume to trip on: no torn checkpoint, no half-saved merged model.
+    trainer = run / "iter-001" / "trainer"
+    assert not [c for c in trainer.glob("checkpoint-*") if not (c / "trainer_state.json").is_file()]
+    assert not (run / "iter-001" / "model.tmp").exists() and not (run / "iter-001" / "model").exists()
+
+    filler.unlink()
+    again = run_cli("resume", str(run))
+    assert again.returncode == 0, again.stderr
+    assert (run / "iter-001" / "samples.jsonl").read_bytes() == samples  # nothing sampled again or lost
+    assert (run / "iter-001" / "model" / "config.json").is_file()
+    assert [m["iteration"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1]

@@ -25,17 +25,45 @@ class WriteError(UserError):
         super().__init__(f"{path}: cannot write ({reason}); {'free some space' if space else 'check the folder'}")
 
 
-def write_failure(exc: BaseException) -> str | None:
-    """The reason, when `exc` is a library's report of a refused write (safetensors, torch.save), else None.
+# What torch's zip writer (torch.save: optimizer.pt, rng_state.pth) raises when the OS refuses a write: a
+# RuntimeError whose text is all that is left of the ENOSPC, never an OSError.
+_TORCH_WRITE_FAILED = ("file write failed", "basic_ios::clear", "unexpected pos")
 
-    Libraries that write checkpoints wrap the OS error in their own type; this reads it back out.
+
+def write_failure(exc: BaseException) -> str | None:
+    """The reason, when `exc` (or an exception it was raised from) is a refused write, else None.
+
+    Libraries that write checkpoints (safetensors, torch.save) wrap the OS error in their own type, and torch
+    raises a second error while closing the file it could not write; this reads the reason back out of the chain.
     """
-    if isinstance(exc, OSError) and exc.errno in (*_SPACE, errno.EROFS):
-        return exc.strerror or str(exc)
-    text = str(exc)
-    code = re.search(r"os error (\d+)", text)
-    if code and int(code.group(1)) in (*_SPACE, errno.EROFS):
-        return os.strerror(int(code.group(1)))
-    if "file write failed" in text:  # torch.save's PytorchStreamWriter on a full disk
-        return "file write failed"
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (*_SPACE, errno.EROFS):
+            return e.strerror or str(e)
+        text = str(e)
+        code = re.search(r"os error (\d+)", text)
+        if code and int(code.group(1)) in (*_SPACE, errno.EROFS):
+            return os.strerror(int(code.group(1)))
+        if isinstance(e, RuntimeError) and any(m in text for m in _TORCH_WRITE_FAILED):
+            return "file write failed"
+        todo += [e.__cause__, e.__context__]
     return None
+
+
+def disk_full(path: Path | str, spare: int = 1 << 20) -> bool:
+    """Whether the filesystem holding `path` has less than `spare` bytes left for this user.
+
+    The last word on a failure whose text names no cause: a writer that lost the OS error still leaves the
+    disk full behind it.
+    """
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may write into the reserved blocks
+    return free * st.f_frsize < spare

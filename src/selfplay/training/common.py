@@ -7,14 +7,18 @@ plain checkpoint that `AutoModelForCausalLM.from_pretrained` and vLLM load; `mod
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from selfplay.config import TrainConfig
+from selfplay.errors import disk_full
 from selfplay.files import atomic_replace_dir
 from selfplay.models import Placement
 
@@ -24,10 +28,33 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint folder is complete once its trainer state, the last file the trainer saves, reads whole."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def discard_partial(work_dir: Path, out_dir: Path | None = None) -> list[str]:
+    """Remove the checkpoints a kill or a full disk left half written (and a half-saved merged model).
+
+    Resume must never load one, and the trainer's rotation would otherwise keep a torn higher-numbered
+    checkpoint over the last whole one. Returns the names removed.
+    """
+    removed = [c for c in work_dir.glob("checkpoint-*") if c.is_dir() and not _complete(c)]
+    if out_dir is not None:
+        removed += [p for p in [out_dir.with_name(out_dir.name + ".tmp")] if p.exists()]
+    for c in removed:
+        shutil.rmtree(c, ignore_errors=True)
+    return [c.name for c in removed]
+
+
 def latest_checkpoint(work_dir: Path) -> str | None:
+    """The last whole checkpoint in `work_dir`, after removing any torn ones."""
+    discard_partial(work_dir)
     ckpts = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    # A checkpoint folder is complete once the trainer state is written (the last file it saves).
-    ckpts = [c for c in ckpts if (c / "trainer_state.json").is_file()]
     return str(ckpts[-1]) if ckpts else None
 
 
@@ -62,7 +89,14 @@ def train_and_save(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path, tok
     """Train (from the latest checkpoint, if any), write the merged model to `out_dir`, and the common figures."""
     resume_from = latest_checkpoint(work_dir)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except BaseException as e:
+        full = isinstance(e, Exception) and disk_full(work_dir)  # read before the clean-up frees space
+        discard_partial(work_dir)  # a full disk or Ctrl-C mid-save: resume starts from the last whole checkpoint
+        if full:  # torch's writers lose the OS error (RuntimeError: "unexpected pos ..."); name the cause
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(work_dir)) from e
+        raise
     seconds = time.perf_counter() - start
     # A resumed run only trained the steps after its checkpoint.
     done_before = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
@@ -72,8 +106,12 @@ def train_and_save(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path, tok
         trained = trained.merge_and_unload()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(tmp)
-    trainer.processing_class.save_pretrained(tmp)
+    try:
+        trained.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the checkpoints stay: resume saves the merged model again
+        raise
     atomic_replace_dir(tmp, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return {
