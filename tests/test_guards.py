@@ -247,3 +247,36 @@ def test_per_category_accuracy_and_never_solved():
     assert cats["+"]["accuracy"] == 1.0 and cats["*"]["accuracy"] == 0.0 and cats["*"]["problems"] == 2
     assert stuck_categories(cats, {"+": {"accuracy": 0.5}, "*": {"accuracy": 0.0}}) == ["*"]
     assert never_solved([{"q0"}, {"q0", "q2"}], ["q0", "q1", "q2", "q3"]) == ["q1", "q3"]
+
+
+# -- forgetting: a control task's answer form ------------------------------------------------------
+
+def _control_eval(iteration: int, completions: list[str], passed: int = 0):
+    from selfplay.guards.heldout import greedy_metrics
+    from selfplay.results import Evaluation
+    from selfplay.verifiers.answer import extract_answer
+
+    samples = [Sample(f"c{j}/s0", f"c{j}", c, len(c.split()), "stop", "m") for j, c in enumerate(completions)]
+    verdicts = [Verdict(s.id, s.problem_id, float(j < passed), j < passed, extract_answer(s.completion), "rg")
+                for j, s in enumerate(samples)]
+    stated = [extract_answer(s.completion, strict=True) is not None for s in samples]
+    return Evaluation(iteration, "m", {}, sets={"control/legs": greedy_metrics(samples, verdicts, stated)})
+
+
+def test_losing_a_control_tasks_answer_form_alarms_even_at_zero_accuracy():
+    from selfplay.loop.evaluation import forgetting
+
+    # What the default job did to leg_counting: "Answer: 12" before, a ramble with numbers in it after.
+    before = _control_eval(0, ["Answer: 12"] * 9 + ["I think there are many legs."])
+    after = _control_eval(2, ["Let's count: a dog has 4 legs, 2 dogs have 8, and 3 cats"] * 9 + ["Answer: 10"])
+    assert before.sets["control/legs"]["answer_rate"] == 0.9 and after.sets["control/legs"]["answer_rate"] == 0.1
+    assert after.sets["control/legs"]["greedy_accuracy"] == before.sets["control/legs"]["greedy_accuracy"] == 0.0
+
+    found = forgetting(after, before, 0.25)
+    assert found.status == "alarm" and "legs" in found.alarms[0] and "10%" in found.alarms[0]
+    assert found.figures["controls"]["legs"]["answer_rate_change"] == pytest.approx(-0.8)
+    assert forgetting(after, before, None).status == "ok"  # the margin off
+    assert forgetting(before, before, 0.25).status == "ok" and forgetting(before, None, 0.25).status == "ok"
+    # A fall within the margin stays quiet.
+    slight = _control_eval(1, ["Answer: 12"] * 8 + ["There are legs."] * 2)
+    assert forgetting(slight, before, 0.25).status == "ok"

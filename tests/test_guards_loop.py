@@ -108,8 +108,13 @@ def test_degrading_run_stops_and_exports_its_best_iteration(tiny_model, sums_jso
     # The report across many iterations: every guard, every plot, and the lineage table.
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    for name in ("degradation", "reward hacking", "mode collapse", "contamination", "persistent failures"):
+    for name in ("degradation", "forgetting", "reward hacking", "mode collapse", "contamination",
+                 "persistent failures"):
         assert name in page
+    # Each control task's answer rate is reported beside its accuracy, and compared with iteration 0's.
+    control = _eval(run, 2)["guards"]["forgetting"]["controls"]["gk"]
+    assert 0.0 <= control["answer_rate"] <= 1.0 and control["answer_rate_change"] is not None
+    assert "control/gk/answer_rate" in read_jsonl(run / "metrics.jsonl")[2]
     assert page.count("data:image/png;base64,") >= 5 and "http://" not in page and "<script" not in page
     assert "Lineage of the training data" in page and "iter-002" in page
     # The same figures in TensorBoard, one point per iteration, rewritten (not appended) on every report.

@@ -228,10 +228,20 @@ class StopConfig(_Section):
 class GuardsConfig(_Section):
     control: list[ControlTaskConfig] = Field(
         # Measured on SmolLM2-135M: a one-shot example makes it answer the example's question instead.
-        default_factory=lambda: [ControlTaskConfig(
-            name="general_knowledge", path="builtin:general_knowledge", one_shot=False, verifier="contains",
-        )],
+        default_factory=lambda: [
+            ControlTaskConfig(
+                name="general_knowledge", path="builtin:general_knowledge", one_shot=False, verifier="contains",
+            ),
+            # An answer form of its own ("Answer: 12" for a count of legs): losing it is forgetting that
+            # accuracy misses where the model never counted well (measured: docs/BENCHMARKS.md).
+            ControlTaskConfig(name="leg_counting", source="reasoning_gym", dataset="leg_counting", size=40),
+        ],
         description="Tasks the run never trains on, evaluated every iteration to catch forgetting.",
+    )
+    control_max_answer_drop: float | None = Field(
+        0.25, ge=0.0, le=1.0, description="Alarm when a control task's answer rate (greedy answers stated in the "
+        "form its prompt asks for: an 'Answer:' line, \\boxed{} or 'the answer is') falls this far below "
+        "iteration 0's: the model is losing another task's answer form (null: off).",
     )
     fresh_size: int = Field(
         50, ge=0, description="Freshly generated problems (a new seed each iteration, none seen in training) "

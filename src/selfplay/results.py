@@ -12,7 +12,8 @@ from typing import Any
 
 from selfplay.files import read_json
 
-GUARDS = ("degradation", "reward_hacking", "mode_collapse", "contamination", "persistent_failures", "win_rate")
+GUARDS = ("degradation", "forgetting", "reward_hacking", "mode_collapse", "contamination", "persistent_failures",
+          "win_rate")
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Evaluation:
             if "greedy_accuracy" in m:
                 out[f"{name}/accuracy"] = m["greedy_accuracy"]
                 out[f"{name}/ci95"] = m["greedy_ci95"]
+                if name.startswith("control/") and m.get("answer_rate") is not None:
+                    out[f"{name}/answer_rate"] = m["answer_rate"]
         mc = self.guards.get("mode_collapse")
         if mc is not None:
             for key in ("distinct_1", "distinct_2", "self_bleu", "near_duplicate_share", "embedding_spread",

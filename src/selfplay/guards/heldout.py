@@ -43,15 +43,23 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     return (max(0.0, m - half), min(1.0, m + half))
 
 
-def greedy_metrics(samples: Sequence[Sample], verdicts: Sequence[Verdict]) -> dict[str, Any]:
+def greedy_metrics(
+    samples: Sequence[Sample], verdicts: Sequence[Verdict], stated: Sequence[bool] | None = None,
+) -> dict[str, Any]:
+    """Greedy accuracy with its interval, answer rate, length and truncation of one set.
+
+    `stated` says per sample whether it gives its answer in the form the prompt asks for; the answer rate is
+    their share (without it: the share of verdicts that found any answer).
+    """
     correct = sum(v.passed for v in verdicts)
     n = len(verdicts)
     lo, hi = wilson_interval(correct, n)
+    answered = sum(stated) if stated is not None else sum(v.answer is not None for v in verdicts)
     return {
         "problems": n,
         "greedy_accuracy": correct / n if n else 0.0,
         "greedy_ci95": [lo, hi],
-        "answer_rate": sum(v.answer is not None for v in verdicts) / n if n else 0.0,
+        "answer_rate": answered / n if n else 0.0,
         "mean_length": fmean(s.num_tokens for s in samples) if samples else 0.0,
         "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples) if samples else 0.0,
     }

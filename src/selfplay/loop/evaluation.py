@@ -34,6 +34,7 @@ from selfplay.records import Problem, Sample, Verdict, from_dict, to_dict
 from selfplay.results import Decision, Evaluation, GuardResult
 from selfplay.tasks import fresh_problems
 from selfplay.verifiers import Verifier, verify_all
+from selfplay.verifiers.answer import extract_answer
 from selfplay.verifiers.ifeval import instruction_metrics
 from selfplay.verifiers.judge import NAME as JUDGE
 from selfplay.verifiers.judge import PairwiseJudge, is_unparsed
@@ -83,7 +84,10 @@ def measure(
     greedy = [s for b in sample_batches(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size,
                                         desc=f"{desc} greedy") for s in b]
     greedy_verdicts = _judge(verifier, problems, greedy)
-    metrics = greedy_metrics(greedy, greedy_verdicts)
+    # The answer rate counts answers in the asked-for form only (never "the last number"): losing the form is
+    # forgetting even where accuracy was already nil.
+    metrics = greedy_metrics(greedy, greedy_verdicts, [extract_answer(s.completion, strict=True) is not None
+                                                       for s in greedy])
     metrics.update(instruction_metrics(greedy_verdicts))  # IFEval's four numbers, when the checker is ifeval
     samples: list[Sample] = []
     verdicts: list[Verdict] = []
@@ -270,6 +274,7 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
                  "stuck_categories": stuck, "solved_ids": solved_now},
     )
 
+    guards["forgetting"] = forgetting(result, base, g.control_max_answer_drop)
     evals = [*history, result]
     decision = decide(ctx, evals, [f"{name}: {a}" for name, guard in guards.items() for a in guard.alarms])
     first_controls, now_controls = evals[0].control_accuracy, result.control_accuracy
@@ -285,6 +290,34 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     for line in result.alarms:
         print(f"{it_dir.name} ALARM {line}", flush=True)
     return result.to_dict()
+
+
+def forgetting(result: Evaluation, base: Evaluation | None, max_answer_drop: float | None) -> GuardResult:
+    """Each control task's accuracy and answer rate against iteration 0's; an alarm when the answer form is lost.
+
+    The accuracy drop is a stop rule (stop.control_max_drop, in the degradation guard); this one watches the
+    form, which falls silently where the model never got the task right.
+    """
+    figures: dict[str, Any] = {}
+    alarms: list[str] = []
+    for key, m in result.sets.items():
+        if not key.startswith("control/") or "greedy_accuracy" not in m:
+            continue
+        name = key.removeprefix("control/")
+        then = base.sets.get(key, {}) if base is not None else {}
+        row = {"accuracy": m["greedy_accuracy"], "answer_rate": m.get("answer_rate"),
+               "accuracy_change": None, "answer_rate_change": None}
+        if "greedy_accuracy" in then:
+            row["accuracy_change"] = m["greedy_accuracy"] - then["greedy_accuracy"]
+        if then.get("answer_rate") is not None and m.get("answer_rate") is not None:
+            drop = then["answer_rate"] - m["answer_rate"]
+            row["answer_rate_change"] = -drop
+            if max_answer_drop is not None and drop > max_answer_drop:
+                alarms.append(f"control task {name} states its answer in the asked form {m['answer_rate']:.0%} of "
+                              f"the time, down from {then['answer_rate']:.0%} at iteration 0 (more than "
+                              f"{max_answer_drop:.0%}): the model is forgetting that task's answer format")
+        figures[name] = row
+    return GuardResult("alarm" if alarms else "ok", alarms, [], {"controls": figures})
 
 
 def decide(ctx: RunContext, evals: Sequence[Evaluation], alarms: Sequence[str]) -> Decision:

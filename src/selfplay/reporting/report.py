@@ -83,7 +83,17 @@ def _plots(rows: list[dict[str, Any]], pass_k: str | None, evals: dict[int, Eval
         ax.set_ylim(0, 1)
         return "Accuracy (95% intervals shaded)"
 
+    answer_rates = sorted({k for r in rows for k in r if k.endswith("/answer_rate")})
+
+    def answer_form(ax):
+        for key in answer_rates:
+            _line(ax, rows, key, key.removesuffix("/answer_rate"))
+        ax.set_ylim(0, 1.05)
+        return "Control tasks: answers in the asked form (a fall is forgetting)"
+
     out.append(_figure(accuracy))
+    if answer_rates:
+        out.append(_figure(answer_form))
 
     def data(ax):
         xs = [int(r["iteration"]) for r in rows if "kept" in r]
@@ -200,7 +210,8 @@ def _metrics_table(rows: list[dict[str, Any]], pass_k: str | None) -> str:
         cells = [r["iteration"], _pct(r["greedy_accuracy"]), f"{_pct(ci[0])}–{_pct(ci[1])}"]
         if pass_k:
             cells.append(_pct(r.get(pass_k)))
-        cells += [_pct(r.get(f"{s}/accuracy")) for s in sets]
+        cells += [_pct(r.get(f"{s}/accuracy")) + (f" (answers {_pct(r[f'{s}/answer_rate'])})"
+                                                  if r.get(f"{s}/answer_rate") is not None else "") for s in sets]
         d2, sb = r.get("diversity/distinct_2"), r.get("diversity/self_bleu")
         cells += [r.get("kept", "–"), r.get("contaminated", "–"), f"{d2:.3f}" if d2 is not None else "–",
                   f"{sb:.3f}" if sb is not None else "–", f"{r.get('mean_length', 0):.1f}", r.get("never_solved", "–")]
