@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install
+.PHONY: run test lint install speed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# This machine's fp32 matmul rate: the figure every timing in README.md and docs/BENCHMARKS.md is quoted beside.
+speed: $(STAMP)
+	@$(BIN)/python -c "from benchmarks.generation import matmul_gflops; print(f'fp32 matmul: {matmul_gflops():.0f} GFLOP/s')"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
