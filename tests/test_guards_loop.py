@@ -108,7 +108,7 @@ def test_degrading_run_stops_and_exports_its_best_iteration(tiny_model, sums_jso
     # The report across many iterations: every guard, every plot, and the lineage table.
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    for name in ("degradation", "forgetting", "reward hacking", "mode collapse", "contamination",
+    for name in ("degradation", "forgetting", "pseudo labels", "reward hacking", "mode collapse", "contamination",
                  "persistent failures"):
         assert name in page
     # Each control task's answer rate is reported beside its accuracy, and compared with iteration 0's.

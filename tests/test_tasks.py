@@ -67,7 +67,9 @@ def test_check_disjoint_refuses_a_leak():
     "content, message",
     [
         ('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": \n', r"line 2: malformed JSON"),
-        ('{"prompt": "a"}\n', r"line 1: needs a non-empty 'answer'"),
+        ('{"prompt": "a", "answer": " "}\n', r"line 1: needs a non-empty 'answer'"),
+        # A file of questions only runs label-free; a file with some answers missing is a mistake.
+        ('{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n', r"line 2: has no 'answer' but line 1 has one"),
         ("\n\n", r"no problems in the file"),
     ],
 )

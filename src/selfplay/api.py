@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import time
@@ -22,14 +23,16 @@ from selfplay.files import atomic_write_json
 from selfplay.interfaces import Recipe
 from selfplay.loop import driver
 from selfplay.loop.context import ModelPool, RunModels
-from selfplay.loop.evaluation import measure, write_verdicts
+from selfplay.loop.evaluation import measure, measure_by_agreement, write_verdicts
 from selfplay.loop.rundir import RunDir
 from selfplay.models import placement, resolve_model_path
 from selfplay.plugins import resolve
 from selfplay.recipes import CHECKS, RECIPES
 from selfplay.reporting import write_report
 from selfplay.tasks import build_task
-from selfplay.verifiers import build_verifier
+from selfplay.tasks.labels import has_labels
+from selfplay.verifiers import MAJORITY, build_verifier
+from selfplay.verifiers.majority import MajorityVerifier
 
 
 def resolve_recipe(name: str) -> Recipe:
@@ -88,18 +91,28 @@ def evaluate_model(
         if source is rundir:
             shutil.rmtree(rundir.problems_dir, ignore_errors=True)
         task = build_task(cfg.task)
-        problems = driver.load_problems(source, task)
+        problems = driver.load_problems(source, task, hidden=cfg.task.labels == "hidden")
         rundir.freeze_config(cfg)
         driver.freeze_problems(rundir, problems)
         pool = ModelPool(placement(cfg.model.device, cfg.model.dtype), cfg.generate.backend, cfg.generate.options)
         # A judge asked for 'current' or 'base' gets the model under evaluation.
         models = RunModels(pool, model_path, current=model_path)
-        verifier = build_verifier(cfg.verify.verifier, task.default_verifier, strict_format=cfg.verify.strict_format,
-                                  options=cfg.verify.options, run=models, judge=cfg.judge, seed=cfg.seed)
+        name = cfg.verify.verifier
+        labelled = has_labels(problems.heldout)
+        if name == MAJORITY and labelled:
+            # As in a run: held-out answers are scored by the gold checker; a majority of one would pass them all.
+            name = cfg.guards.gold_verifier or "auto"
+        verifier = build_verifier(name, task.default_verifier, strict_format=cfg.verify.strict_format,
+                                  options=cfg.verify.options if name == cfg.verify.verifier else None, run=models,
+                                  judge=cfg.judge, seed=cfg.seed)
         eval_dir = rundir.path / "eval"
         eval_dir.mkdir(exist_ok=True)
         start = time.perf_counter()
-        m = measure(pool.generator(model_path), problems.heldout, verifier, cfg.eval, cfg.seed, "eval")
+        gen = pool.generator(model_path)
+        if isinstance(verifier, MajorityVerifier):  # no labels: agreement with the model's own sampled majority
+            m = measure_by_agreement(gen, problems.heldout, verifier, cfg.eval, cfg.seed, "eval")
+        else:
+            m = measure(gen, problems.heldout, verifier, cfg.eval, cfg.seed, "eval")
         write_verdicts(eval_dir / "eval_samples.jsonl", m.greedy, m.greedy_verdicts)
         result = {"model": str(model_path), "metrics": m.metrics, "seconds": time.perf_counter() - start}
         atomic_write_json(eval_dir / "eval.json", result)
@@ -125,9 +138,11 @@ def judge_responses(
     try:
         judge = build_verifier("judge", "judge", run=RunModels(pool, start, current=start), judge=cfg.judge,
                                seed=cfg.seed)
-        items = [(Problem(f"row{n}", r["prompt"], ""),
-                  Sample(f"row{n}/s0", f"row{n}", r["response"], 0, "stop", "input"))
-                 for n, r in enumerate(rows, start=1)]
+        # The prompt names the problem, so every response to one prompt is judged under the same fence, in
+        # any row and any call: judging a response again gives the same score.
+        pids = [f"prompt-{hashlib.blake2b(r['prompt'].encode(), digest_size=8).hexdigest()}" for r in rows]
+        items = [(Problem(pid, r["prompt"], ""), Sample(f"{pid}/row{n}", pid, r["response"], 0, "stop", "input"))
+                 for n, (pid, r) in enumerate(zip(pids, rows, strict=True), start=1)]
         verdicts = judge.verify_many(items)
     finally:
         pool.release()

@@ -85,6 +85,11 @@ class TaskConfig(TaskSource):
     dataset: str = Field("basic_arithmetic", description="reasoning-gym dataset name (source: reasoning_gym).")
     train_size: int = Field(96, ge=1, description="Problems in the training split.")
     eval_size: int = Field(100, ge=1, description="Held-out problems, never used for generation or training.")
+    labels: Literal["visible", "hidden"] = Field(
+        "visible", description="'hidden': the training problems' answers are kept out of everything the loop "
+        "trains on (blanked in problems/train.jsonl, kept apart in problems/train-labels.jsonl for the audit only); "
+        "needs a verifier that reads no answers ('majority' or 'judge'). Held-out problems keep theirs for scoring.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -129,8 +134,10 @@ class GenerateConfig(SamplingSection):
 class VerifyConfig(_Section):
     verifier: str = Field(
         "auto",
-        description="'auto' (the task's own checker), 'reasoning_gym', 'math', 'contains', 'ifeval', 'judge' (an "
-        "LLM judge, set in the judge: section), or a user's factory 'module:attr', called as factory(options, run).",
+        description="'auto' (the task's own checker), 'reasoning_gym', 'math', 'contains', 'ifeval', 'majority' (the "
+        "model's own majority answer over its k samples: no labels needed; options min_agreement, equal), 'judge' "
+        "(an LLM judge, set in the judge: section), or a user's factory 'module:attr', called as "
+        "factory(options, run).",
     )
     strict_format: bool = Field(
         False, description="Accept only an 'Answer:' line or \\boxed{}; else also 'the answer is X' or the last number."
@@ -217,6 +224,11 @@ class StopConfig(_Section):
     )
     control_max_drop: float | None = Field(
         0.10, ge=0.0, description="Degraded when a control task's accuracy falls this far below iteration 0's."
+    )
+    self_consistency_rise: float | None = Field(
+        0.05, ge=0.0, description="Degraded (the self-consistency ceiling) when the share of held-out problems whose "
+        "sampled majority is confident and wrong is more than this above iteration 0's and still growing (above the "
+        "previous iteration's) (verify.verifier: majority on a task with labels; null: off).",
     )
     on_degrade: Literal["stop", "rollback"] = Field(
         "stop",

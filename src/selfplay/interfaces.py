@@ -77,6 +77,23 @@ class BatchVerifier(Protocol):
 
 
 @runtime_checkable
+class GroupVerifier(Protocol):
+    """A batch verifier that judges each sample by the other samples of its problem (a majority vote).
+
+    It must see all of a problem's samples at once: the verify stage never splits a problem across batches,
+    and a resumed stage judges again any problem it had judged only in part.
+    """
+
+    name: str
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict: ...
+
+    def verify_many(self, items: Sequence[tuple[Problem, Sample]]) -> list[Verdict]: ...
+
+    def verify_group(self, problem: Problem, samples: Sequence[Sample]) -> list[Verdict]: ...
+
+
+@runtime_checkable
 class StreamVerifier(Protocol):
     """A verifier that reports each verdict as it finishes (a pool of sandboxes): (index into items, verdict)."""
 

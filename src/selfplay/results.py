@@ -12,8 +12,10 @@ from typing import Any
 
 from selfplay.files import read_json
 
-GUARDS = ("degradation", "forgetting", "reward_hacking", "mode_collapse", "contamination", "persistent_failures",
-          "win_rate")
+GUARDS = ("degradation", "forgetting", "reward_hacking", "pseudo_labels", "mode_collapse", "contamination",
+          "persistent_failures", "win_rate")
+# The held-out figure the self-consistency stop rule reads (stop.self_consistency_rise).
+CONFIDENTLY_WRONG = "heldout_confidently_wrong"
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,12 @@ class Evaluation:
 
     def decision_row(self) -> dict[str, Any]:
         """The figures the stop rules read."""
-        return {**self.metrics, "iteration": self.iteration, "control": self.control_accuracy}
+        row = {**self.metrics, "iteration": self.iteration, "control": self.control_accuracy}
+        pl = self.guards.get("pseudo_labels")
+        share = ((pl.get("heldout") or {}).get("confidently_wrong_share") if pl else None)
+        if share is not None:
+            row[CONFIDENTLY_WRONG] = share
+        return row
 
     def figures(self) -> dict[str, Any]:
         """The headline number of every guard, flat, for metrics.jsonl and plots."""
@@ -134,6 +141,9 @@ class Evaluation:
         for key in ("proxy_pass_rate", "gold_pass_rate", "correlation"):
             if key in heldout:
                 out[f"reward/{key}"] = heldout[key]
+        pl = self.guards.get("pseudo_labels")
+        if pl is not None:
+            out.update(pseudo_label_figures(pl))
         wr = self.guards.get("win_rate")
         if wr is not None:
             for key in ("win_rate", "lc_win_rate"):
@@ -148,3 +158,17 @@ class Evaluation:
             out["decision"] = self.decision.action
             out["best_iteration"] = self.decision.best_iteration
         return out
+
+
+def pseudo_label_figures(guard: GuardResult) -> dict[str, Any]:
+    """The pseudo-label audit's headline numbers, flat (pseudo/KEY), for metrics.jsonl and the report."""
+    out: dict[str, Any] = {}
+    for section, keys in (("train", ("accuracy", "confident_accuracy", "trained_accuracy", "mean_share", "ties",
+                                     "unreadable")),
+                          ("heldout", ("confidently_wrong_share", "majority_accuracy")),
+                          ("entrenchment", ("wrong_trained", "fixed", "stayed", "spread", "other"))):
+        found = guard.get(section) or {}
+        for key in keys:
+            if found.get(key) is not None:
+                out[f"pseudo/{key}" if section != "entrenchment" else f"pseudo/entrenched_{key}"] = found[key]
+    return out

@@ -4,7 +4,9 @@ The iteration cap always holds (config). The others are optional:
 - plateau: no gain over the best for P iterations;
 - degradation: the held-out metric falls more than `max_drop` below the best, or so far that its 95%
   interval's upper end is under the best value; or a control task falls `control_max_drop` below
-  iteration 0 (forgetting). On degradation the run stops (or rolls back to the best model), and the best
+  iteration 0 (forgetting); or, in a run trained on its own majority answers, the share of held-out problems
+  whose sampled majority is confident and wrong grows `self_consistency_rise` past iteration 0's (the
+  self-consistency ceiling). On degradation the run stops (or rolls back to the best model), and the best
   iteration, not the last, is the one `selfplay export` hands out.
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfplay.config import StopConfig
-from selfplay.results import Decision
+from selfplay.results import CONFIDENTLY_WRONG, Decision
 
 
 def best_iteration(rows: Sequence[dict[str, Any]], metric: str) -> int:
@@ -54,6 +56,8 @@ def decide(
                     f"control task {name} fell from {base_controls[name]:.1%} to {acc:.1%} "
                     f"(more than {cfg.control_max_drop:.1%}): the model is forgetting"
                 )
+    reasons += self_consistency_ceiling(rows, cfg.self_consistency_rise)
+
     def decision(action: str, degraded: bool = False, why: Sequence[str] = ()) -> Decision:
         return Decision(action, i, best, metric, best_value, degraded, list(why))
 
@@ -72,3 +76,15 @@ def decide(
     if i >= max_iterations:
         return decision("finish", why=[f"reached the {max_iterations}-iteration cap"])
     return decision("continue")
+
+
+def self_consistency_ceiling(rows: Sequence[dict[str, Any]], rise: float | None) -> list[str]:
+    """The stop reason when the held-out confidently-wrong share is `rise` above iteration 0's and still growing."""
+    if rise is None or len(rows) < 2:
+        return []
+    now, prev, first = (r.get(CONFIDENTLY_WRONG) for r in (rows[-1], rows[-2], rows[0]))
+    if now is None or prev is None or first is None or not (now - first > rise and now > prev):
+        return []
+    before = f"iteration 0: {first:.1%}" + (f", iteration {rows[-2]['iteration']}: {prev:.1%}" if len(rows) > 2 else "")
+    return [f"self-consistency ceiling: {now:.1%} of held-out problems now have a confident wrong majority "
+            f"({before}; rise allowed {rise:.1%}): training on its own majority is entrenching the model's errors"]

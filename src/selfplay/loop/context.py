@@ -94,6 +94,9 @@ class RunContext:
     gold: Verifier | None = None  # the task's own checker, for held-out scoring and the reward-hacking audit
     controls: list[ControlSet] = field(default_factory=list)
     exemplar: Problem | None = None
+    # task.labels: hidden: the training problems with their answers, which only the audits read.
+    train_labels: list[Problem] | None = None
+    unlabelled: bool = False  # the task has no answers at all (a JSONL file of questions only)
 
     @property
     def pool(self) -> ModelPool:
@@ -108,6 +111,11 @@ class RunContext:
     def scorer(self) -> Verifier:
         """Held-out problems are scored by the gold checker when there is one, else by the run's verifier."""
         return self.gold if self.gold is not None else self.verifier
+
+    @property
+    def labelled_train(self) -> list[Problem]:
+        """The training problems with their answers, for the audits; the loop trains on `train_problems`."""
+        return self.train_labels if self.train_labels is not None else self.train_problems
 
     def init_model(self, source: Path) -> Path:
         """The model an iteration fine-tunes, by `train.init_from`: the starting model, or the one it sampled from."""

@@ -28,7 +28,10 @@ from selfplay.models import placement, resolve_model_path
 from selfplay.records import Problem, to_dict
 from selfplay.results import Decision
 from selfplay.tasks import build_control, build_task, control_task
-from selfplay.verifiers import build_verifier
+from selfplay.tasks.labels import has_labels, hide_labels
+from selfplay.verifiers import LABEL_READERS, MAJORITY, build_verifier, reads_labels
+
+NO_LABELS = "no labels: nothing can be audited against gold"
 
 
 @dataclass
@@ -37,18 +40,32 @@ class Problems:
     heldout: list[Problem]
     exemplar: Problem | None
     new: bool  # a fresh split, still to be written with `freeze_problems`
+    labels: list[Problem] | None = None  # task.labels: hidden: the training problems with their answers (audit only)
 
 
-def load_problems(rundir: RunDir, task) -> Problems:
-    """The run's train and held-out problems: the frozen split if the run has one, else a new split."""
+def load_problems(rundir: RunDir, task, hidden: bool = False) -> Problems:
+    """The run's train and held-out problems: the frozen split if the run has one, else a new split.
+
+    With `hidden`, the training problems come without their answers (tasks.labels) and `labels` holds the originals.
+    """
     d = rundir.problems_dir
+    labels_file = d / "train-labels.jsonl"
     if (d / "train.jsonl").is_file() and (d / "heldout.jsonl").is_file():
         exemplar = load_records(d / "exemplar.jsonl", Problem) if (d / "exemplar.jsonl").is_file() else []
         found = Problems(load_records(d / "train.jsonl", Problem), load_records(d / "heldout.jsonl", Problem),
-                         exemplar[0] if exemplar else None, False)
+                         exemplar[0] if exemplar else None, False,
+                         load_records(labels_file, Problem) if labels_file.is_file() else None)
+        if hidden and found.labels is None and has_labels(found.train):
+            raise UserError(f"task.labels: hidden, but {d / 'train.jsonl'} holds the answers: the run started with "
+                            "labels visible; start a new run to hide them")
+        if not hidden and found.labels is not None:
+            raise UserError(f"task.labels: visible, but the run started with labels hidden ({labels_file}); "
+                            "keep task.labels: hidden")
     else:
         split = task.split()
         found = Problems(split.train, split.heldout, split.exemplar, True)
+        if hidden:
+            found = Problems(hide_labels(split.train), split.heldout, split.exemplar, True, split.train)
     check_disjoint(found.train, found.heldout)
     return found
 
@@ -58,6 +75,8 @@ def freeze_problems(rundir: RunDir, problems: Problems) -> None:
     if problems.exemplar is not None:
         atomic_write_jsonl(rundir.problems_dir / "exemplar.jsonl", [to_dict(problems.exemplar)])
     atomic_write_jsonl(rundir.problems_dir / "heldout.jsonl", (to_dict(p) for p in problems.heldout))
+    if problems.labels is not None:  # read by the pseudo-label audit only, never by a stage that trains
+        atomic_write_jsonl(rundir.problems_dir / "train-labels.jsonl", (to_dict(p) for p in problems.labels))
     atomic_write_jsonl(rundir.problems_dir / "train.jsonl", (to_dict(p) for p in problems.train))
 
 
@@ -110,7 +129,8 @@ def open_run(
         # Everything is checked before anything is written, so a mistake leaves the run as it was.
         rundir.check_config(cfg, allow_change)
         task = build_task(cfg.task)
-        problems = load_problems(rundir, task)
+        problems = load_problems(rundir, task, hidden=cfg.task.labels == "hidden")
+        unlabelled = check_labels(cfg, task, problems)
         check = (checks or {}).get(cfg.recipe)
         if check is not None:
             check(cfg, task, problems.train)
@@ -128,6 +148,8 @@ def open_run(
         verifier = build_verifier(v.verifier, task.default_verifier, strict_format=v.strict_format,
                                   options=v.options, run=models, judge=cfg.judge, seed=cfg.seed)
         gold_name = cfg.guards.gold_verifier
+        if unlabelled and gold_name is not None and reads_labels(gold_name, task.default_verifier):
+            gold_name = None  # nothing to check against
         gold = None if gold_name is None else build_verifier(
             gold_name, task.default_verifier, strict_format=v.strict_format, run=models, field="guards.gold_verifier",
             judge=cfg.judge, seed=cfg.seed)
@@ -141,8 +163,27 @@ def open_run(
         if made:  # a first start that failed leaves no half-made run folder behind
             shutil.rmtree(rundir.path, ignore_errors=True)
         raise
+    if unlabelled:
+        print(f"Task {task.name} has no answers: the run is label-free, held-out answers are scored by agreement "
+              f"with the model's own sampled majority, and {NO_LABELS}.", flush=True)
     return RunContext(cfg, rundir, task, problems.train, problems.heldout, verifier, models, where, gold=gold,
-                      controls=controls, exemplar=problems.exemplar)
+                      controls=controls, exemplar=problems.exemplar, train_labels=problems.labels,
+                      unlabelled=unlabelled)
+
+
+def check_labels(cfg: configlib.RunConfig, task, problems: Problems) -> bool:
+    """Refuse a verifier that reads the answers when they are hidden (or absent); True when the task has none."""
+    unlabelled = task.default_verifier in LABEL_READERS and not has_labels([*problems.train, *problems.heldout])
+    name = cfg.verify.verifier
+    if cfg.task.labels == "hidden" and reads_labels(name, task.default_verifier):
+        raise UserError(f"task.labels: hidden: verify.verifier '{name}' reads the answers; use '{MAJORITY}' or 'judge'")
+    if unlabelled and reads_labels(name, task.default_verifier):
+        raise UserError(f"task {task.name} has no answers: verify.verifier '{name}' reads them; use '{MAJORITY}' "
+                        "or 'judge'")
+    if unlabelled and name == MAJORITY and cfg.eval.samples < 2:
+        raise UserError(f"eval.samples: with no answers, held-out answers are scored against the model's own sampled "
+                        f"majority, which needs at least 2 samples per problem (got {cfg.eval.samples})")
+    return unlabelled
 
 
 def evaluate(ctx: RunContext, i: int, model: Path, on_evaluated: Callable[[Path], Any] | None) -> None:

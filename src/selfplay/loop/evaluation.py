@@ -30,6 +30,7 @@ from selfplay.guards.embedding import embedding_spread, find_embedding_model
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
 from selfplay.interfaces import Generator
 from selfplay.loop.context import RunContext
+from selfplay.loop.pseudo_label_audit import pseudo_label_guard
 from selfplay.records import Problem, Sample, Verdict, from_dict, to_dict
 from selfplay.results import Decision, Evaluation, GuardResult
 from selfplay.tasks import fresh_problems
@@ -38,6 +39,7 @@ from selfplay.verifiers.answer import extract_answer
 from selfplay.verifiers.ifeval import instruction_metrics
 from selfplay.verifiers.judge import NAME as JUDGE
 from selfplay.verifiers.judge import PairwiseJudge, is_unparsed
+from selfplay.verifiers.majority import MajorityVerifier
 
 
 @dataclass
@@ -96,6 +98,31 @@ def measure(
         samples = [s for b in sample_batches(gen, problems, params, cfg.batch_size, desc=f"{desc} pass@k") for s in b]
         verdicts = _judge(verifier, problems, samples)
         metrics.update(sampled_metrics(verdicts, cfg.pass_k))
+    return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
+
+
+AGREEMENT = "agreement with the model's own sampled majority (no labels)"
+
+
+def measure_by_agreement(
+    gen: Generator, problems: Sequence[Problem], majority: MajorityVerifier, cfg: EvalConfig, seed: int, desc: str,
+) -> Measured:
+    """With no labels to score by: a greedy answer counts as right when it agrees with the confident majority of
+    the problem's cfg.samples sampled answers, and each sampled answer is judged by its problem's vote."""
+    greedy = [s for b in sample_batches(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size,
+                                        desc=f"{desc} greedy") for s in b]
+    samples = [s for b in sample_batches(gen, problems, cfg.params(cfg.samples, seed), cfg.batch_size,
+                                         desc=f"{desc} pass@k") for s in b]
+    by_id = {p.id: p for p in problems}
+    voters: dict[str, list[Sample]] = {}
+    for s in samples:
+        voters.setdefault(s.problem_id, []).append(s)
+    greedy_verdicts = [majority.verify_group(by_id[s.problem_id], [s], voters[s.problem_id])[0] for s in greedy]
+    verdicts = _judge(majority, problems, samples)
+    metrics = greedy_metrics(greedy, greedy_verdicts, [extract_answer(s.completion, strict=True) is not None
+                                                       for s in greedy])
+    metrics.update(sampled_metrics(verdicts, cfg.pass_k))
+    metrics["scored_by"] = AGREEMENT
     return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
 
 
@@ -166,7 +193,7 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
     records = ctx.rundir.train_records(i) if i > 0 else None
     if records is not None:
         kept = trained_texts(records, ctx.rundir.iteration_rows(i, "samples_file"), {p.id for p in ctx.train_problems})
-        passed = [v.passed for v in _judge(ctx.gold, ctx.train_problems, kept)]
+        passed = [v.passed for v in _judge(ctx.gold, ctx.labelled_train, kept)]
         result["train_gold_precision"] = sum(passed) / len(passed) if passed else None
         result["train_examples"] = len(passed)
     return GuardResult("alarm" if alarms else "ok", alarms, [], result)
@@ -211,7 +238,10 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     gen = ctx.pool.generator(model_path)
     seed = cfg.seed
 
-    heldout = measure(gen, ctx.heldout, ctx.scorer, cfg.eval, seed, f"{it_dir.name} eval")
+    if ctx.unlabelled and isinstance(ctx.verifier, MajorityVerifier):
+        heldout = measure_by_agreement(gen, ctx.heldout, ctx.verifier, cfg.eval, seed, f"{it_dir.name} eval")
+    else:
+        heldout = measure(gen, ctx.heldout, ctx.scorer, cfg.eval, seed, f"{it_dir.name} eval")
     write_verdicts(it_dir / "eval_samples.jsonl", heldout.greedy, heldout.greedy_verdicts)
     write_verdicts(it_dir / "eval_sampled.jsonl", heldout.sampled, heldout.sampled_verdicts)
     result = Evaluation(i, str(model_path), heldout.metrics, model_dir=ctx.rundir.relative(model_path))
@@ -246,7 +276,11 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     guards = result.guards
     # Runs started before a guard existed have no figures for it: that guard then starts from this iteration.
     guards["mode_collapse"] = _mode_collapse(ctx, diverse, base.guard("mode_collapse") if base else None, seed)
-    guards["reward_hacking"] = _reward_hacking(ctx, i, heldout.greedy + heldout.sampled, history)
+    # The greedy answer and the first sampled one share an id (pid/s0): tell them apart, or the audit pairs
+    # one's proxy verdict with the other's gold verdict.
+    greedy = [replace(s, id=f"{s.id}-greedy") for s in heldout.greedy]
+    guards["reward_hacking"] = _reward_hacking(ctx, i, greedy + heldout.sampled, history)
+    guards["pseudo_labels"] = pseudo_label_guard(ctx, i, heldout.sampled)
     if _wants_win_rate(ctx) and i > 0:
         guards["win_rate"] = _win_rate(ctx, heldout.greedy, seed)
 

@@ -20,7 +20,7 @@ from selfplay.errors import WriteError, write_failure
 from selfplay.files import JsonlAppender, atomic_write_jsonl, read_jsonl, recover_partial_jsonl
 from selfplay.generation import SamplingParams, sample_batches
 from selfplay.guards.contamination import ContaminationIndex, split_contaminated
-from selfplay.interfaces import Generator, StreamVerifier, Trainer
+from selfplay.interfaces import Generator, GroupVerifier, StreamVerifier, Trainer
 from selfplay.loop.rundir import load_records
 from selfplay.records import TRAIN_FILES, Problem, Sample, TrainRecord, Verdict, to_dict
 from selfplay.verifiers import Verifier, verify_all
@@ -113,6 +113,10 @@ def verify(
         # Killed after every sample was judged but before the summary: judge nothing again.
         return _verify_summary(verifier, load_records(final, Verdict), len(samples), start, final.name)
     rows, torn = _recover(partial, "judging it again")
+    if isinstance(verifier, GroupVerifier):
+        # A problem's samples are judged together (a majority vote): one judged only in part is judged again whole.
+        kept = _whole_problems(rows, samples)
+        torn, rows = torn or len(kept) != len(rows), kept
     if torn:
         atomic_write_jsonl(partial, rows)  # the torn line goes before anything is appended after it
     done = {row["sample_id"] for row in rows}
@@ -125,8 +129,7 @@ def verify(
             for _, v in verifier.verify_stream([(by_id[s.problem_id], s) for s in todo]):
                 sink.write_many([to_dict(v)])
         else:
-            for b in range(0, len(todo), batch_size):
-                chunk = todo[b : b + batch_size]
+            for chunk in _batches(todo, batch_size, whole=isinstance(verifier, GroupVerifier)):
                 sink.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
     # Verdicts in sample order, whatever order the batches finished in.
     order = {s.id: n for n, s in enumerate(samples)}
@@ -136,9 +139,35 @@ def verify(
     return _verify_summary(verifier, verdicts, len(done), start, final.name)
 
 
+def _whole_problems(rows: list[dict[str, Any]], samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """The verdict rows of problems whose every sample has one."""
+    wanted = defaultdict(int)
+    for s in samples:
+        wanted[s.problem_id] += 1
+    got = defaultdict(int)
+    for row in rows:
+        got[row["problem_id"]] += 1
+    return [row for row in rows if got[row["problem_id"]] == wanted[row["problem_id"]]]
+
+
+def _batches(samples: list[Sample], size: int, whole: bool) -> list[list[Sample]]:
+    """`size` samples at a time; with `whole`, a batch is stretched to the end of its last problem's samples."""
+    if not whole:
+        return [samples[b : b + size] for b in range(0, len(samples), size)]
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.problem_id].append(s)
+    out: list[list[Sample]] = [[]]
+    for group in groups.values():
+        if out[-1] and len(out[-1]) + len(group) > size:
+            out.append([])
+        out[-1].extend(group)
+    return [b for b in out if b]
+
+
 def _verify_summary(verifier: Verifier, verdicts: Sequence[Verdict], resumed: int, start: float, file: str
                     ) -> dict[str, Any]:
-    return {
+    summary = {
         "verdicts_file": file,
         "verifier": verifier.name,
         "samples": len(verdicts),
@@ -147,6 +176,12 @@ def _verify_summary(verifier: Verifier, verdicts: Sequence[Verdict], resumed: in
         "resumed_samples": resumed,
         "seconds": time.perf_counter() - start,
     }
+    if isinstance(verifier, GroupVerifier):  # how the votes went: ties and unreadable answers fail, and are counted
+        statuses = defaultdict(int)
+        for v in verdicts:
+            statuses[(v.details or {}).get("status", "none")] += 1
+        summary["statuses"] = dict(sorted(statuses.items()))
+    return summary
 
 
 def filter_(

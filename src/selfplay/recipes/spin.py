@@ -74,6 +74,9 @@ def spin_pairs(
 
 def check(cfg: Any, task: Any, train: Sequence[Problem]) -> None:
     """Called when the run opens, before anything is written."""
+    if cfg.task.labels == "hidden":
+        raise UserError(f"task.labels: hidden: recipe '{cfg.recipe}' trains on the written answers "
+                        "(demonstrations), which are labels; use recipe 'rft' with verify.verifier: majority")
     require_demonstrations(train, task.name, cfg.recipe)
 
 

@@ -103,6 +103,9 @@ def rationalizations(
 
 def check(cfg: Any, task: Any, train: Sequence[Problem]) -> None:
     """A hint needs a reference answer: refuse a task whose training problems have none (open-ended prompts)."""
+    if cfg.star.rationalize and cfg.task.labels == "hidden":
+        raise UserError("task.labels: hidden: recipe 'star' gives the answer as a hint (rationalization); set "
+                        "star.rationalize: false, or use recipe 'rft'")
     missing = [p.id for p in train if not p.reference.strip()]
     if cfg.star.rationalize and missing:
         raise UserError(f"recipe 'star': {len(missing)} of {len(train)} training problems of task {task.name} have no "

@@ -249,6 +249,55 @@ def _judge_section(rows: list[dict[str, Any]]) -> str:
     return f"<h2>Judge</h2>{verdict}<table>{head}{body}</table>"
 
 
+def _pseudo_label_section(evals: dict[int, Evaluation]) -> str:
+    """The label-free run's audit: its majority answers against the hidden labels, per iteration."""
+    found = {i: g for i, e in sorted(evals.items()) if (g := e.guard("pseudo_labels")) is not None
+             and (g.figures.get("heldout") or g.figures.get("train"))}
+    if not found:
+        return ""
+    unlabelled = any(note.startswith("no labels") for g in found.values() for note in g.notes)
+    bins = [b["bin"] for g in found.values() for b in g.figures.get("calibration") or []]
+    bins = list(dict.fromkeys(bins))
+    head = ["iter", "pseudo-label acc", "confident acc", "trained-on acc (n)", *[f"acc at share {b} (n)" for b in bins],
+            "tied problems", "problems with no answer", "wrong trained → fixed / stayed / spread / other",
+            "held-out confidently wrong"]
+
+    def pct_n(value: Any, n: Any) -> str:
+        return f"{_pct(value)} ({n})" if n else "–"
+
+    body = []
+    for i, g in found.items():
+        t, h, en = g.figures.get("train") or {}, g.figures.get("heldout") or {}, g.figures.get("entrenchment")
+        cal = {b["bin"]: b for b in g.figures.get("calibration") or []}
+        cells = [i, _pct(t.get("accuracy")), _pct(t.get("confident_accuracy")),
+                 pct_n(t.get("trained_accuracy"), t.get("trained")),
+                 *[pct_n(cal[b]["accuracy"], cal[b]["problems"]) if b in cal else "–" for b in bins],
+                 t.get("ties", "–"), t.get("unreadable", "–"),
+                 "{wrong_trained} → {fixed} / {stayed} / {spread} / {other}".format(**en) if en else "–",
+                 f"{_pct(h['confidently_wrong_share'])} ({h['confidently_wrong']} of {h['problems']})"
+                 if h.get("confidently_wrong_share") is not None else "–"]
+        body.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    table = ("<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")
+    intro = ("<p>The run trains on its own majority answers. Each row checks them against labels it never trains "
+             "on: accuracy of the majority answers of the training problems (all, confident, trained on), "
+             "accuracy by vote share (calibration), what became of last iteration's confident wrong majorities "
+             "(entrenchment), and the share of held-out problems whose sampled majority is confident and wrong "
+             "(its rise is the self-consistency ceiling).</p>")
+    if unlabelled:
+        intro = ('<p class="alarm">No labels: nothing can be audited against gold. The figures below are the votes '
+                 "alone; held-out accuracy is agreement with the model's own sampled majority, not correctness.</p>")
+    verdict = ""
+    wrong = {i: t["trained_accuracy"] for i, g in found.items() if (t := g.figures.get("train"))
+             and t.get("trained_accuracy") is not None and t["trained_accuracy"] < 0.5}
+    if not unlabelled and wrong:
+        said = ", ".join(f"iteration {i}: {_pct(a)}" for i, a in wrong.items())
+        verdict = (f'<p class="alarm">Most pseudo-labels are wrong: of the training problems whose majority answer '
+                   f"was trained on, the share that is right was under half ({said}). The run teaches the model its "
+                   "own mistakes there; the majority is not a usable verifier for this model and task (a stronger "
+                   "starting model, a higher verify.options.min_agreement, or labels).</p>")
+    return f"<h2>Pseudo-labels</h2>{intro}{verdict}{table}"
+
+
 def _short_model(model: str, run_path: Path) -> str:
     """A model path relative to the run folder when it lies inside it (iter-002/model), else as given."""
     try:
@@ -312,6 +361,9 @@ def render(run_path: Path) -> str:
         f"{cfg.task.eval_size} held-out)",
         f"<b>iterations evaluated</b>: {len(rows)} (cap {cfg.iterations})",
     ]
+    scored_by = next((e.metrics["scored_by"] for e in evals.values() if e.metrics.get("scored_by")), None)
+    if scored_by:  # a run with no labels: its held-out "accuracy" is not correctness
+        summary.append(f"<b>held-out scored by</b>: {_esc(scored_by)}")
     if best is not None:
         summary.append(f"<b>best iteration</b>: {best} (export: <code>selfplay export {_esc(rundir.path)} OUT</code>)")
     label = "stopped" if state.get("status") == "stopped" else "ended"
@@ -324,7 +376,7 @@ def render(run_path: Path) -> str:
 <p class="muted">{_esc(rundir.path.resolve())} &middot; report written {time.strftime('%Y-%m-%d %H:%M')}</p>
 <p>{' &middot; '.join(summary)}</p>
 <h2>Guards</h2>{_guard_table(evals)}{_messages(evals)}
-<h2>Metrics</h2>{_metrics_table(rows, pass_k)}{_judge_section(rows)}
+<h2>Metrics</h2>{_metrics_table(rows, pass_k)}{_judge_section(rows)}{_pseudo_label_section(evals)}
 <h2>Plots</h2><div class="plots">{''.join(plots)}</div>
 <h2>Lineage of the training data</h2>{_lineage(rundir, evals)}
 <h2>Config</h2><pre>{_esc(rundir.config_path.read_text())}</pre>

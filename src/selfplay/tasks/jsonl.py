@@ -1,6 +1,8 @@
 """Problems from a JSONL file, checked by math-verify.
 
-One object per line with a 'prompt' and an 'answer'; an optional 'solution' (worked steps) is shown when the
+One object per line with a 'prompt' and an 'answer' (or no line with an 'answer': a file of questions only, run
+label-free with `verify.verifier: majority`, and never with a one-shot example, which needs an answer to show);
+an optional 'solution' (worked steps) is shown when the
 problem serves as the one-shot example, an optional 'response' is a whole written answer to learn from (the
 demonstration of the 'spin' and 'sft' recipes), and an optional 'category' groups accuracy in the report. Other
 fields are kept in the problem's meta. A path 'builtin:NAME' names a file shipped in selfplay/data/.
@@ -56,8 +58,16 @@ class JsonlTask:
         if not path.is_file():
             raise UserError(f"task.path: file not found: {path}")
         items = []
+        answered: tuple[bool, int] | None = None  # whether the first line has an answer, and its number
         for lineno, obj in iter_jsonl(path):
-            for key in ("prompt", "answer"):
+            has = obj.get("answer") is not None
+            if answered is None:
+                answered = (has, lineno)
+            elif has != answered[0]:
+                which = (lineno, answered[1]) if answered[0] else (answered[1], lineno)
+                raise UserError(f"{path}: line {which[0]}: has no 'answer' but line {which[1]} has one; give every "
+                                "line an answer, or none (a file of questions only runs label-free)")
+            for key in ("prompt", "answer") if has else ("prompt",):
                 if not isinstance(obj.get(key), (str, int, float)) or str(obj[key]).strip() == "":
                     raise UserError(f"{path}: line {lineno}: needs a non-empty '{key}' (string or number)")
             meta = {k: v for k, v in obj.items() if k not in ("prompt", "answer", "response")}
@@ -65,20 +75,25 @@ class JsonlTask:
             if response is not None:  # a written answer to learn from (SPIN, the 'sft' recipe)
                 meta["demonstration"] = response
             solution = obj.get("solution")
-            items.append(
-                RawItem(str(obj["prompt"]), str(obj["answer"]), meta, str(solution) if solution is not None else None)
-            )
+            answer = str(obj["answer"]) if has else ""
+            items.append(RawItem(str(obj["prompt"]), answer, meta, str(solution) if solution is not None else None))
         if not items:
             raise UserError(f"{path}: no problems in the file")
         return items
 
     def split(self) -> Split:
+        items = self.load()
+        one_shot = self.one_shot
+        if one_shot and not items[0].answer:
+            print(f"task {self.name}: the file has no answers, so no worked example can be shown; running without "
+                  "one (task.one_shot is ignored)", flush=True)
+            one_shot = False
         return split_items(
-            self.load(),
+            items,
             prefix=data_path(self.path).stem,
             train_size=self.train_size,
             eval_size=self.eval_size,
             seed=self.seed,
-            one_shot=self.one_shot,
+            one_shot=one_shot,
             source=str(self.path),
         )

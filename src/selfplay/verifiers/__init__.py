@@ -22,16 +22,28 @@ from selfplay.verifiers.contains import ContainsVerifier
 from selfplay.verifiers.ifeval import IfEvalVerifier
 from selfplay.verifiers.judge import NAME as JUDGE
 from selfplay.verifiers.judge import LLMJudge
+from selfplay.verifiers.majority import NAME as MAJORITY
+from selfplay.verifiers.majority import MajorityVerifier
 from selfplay.verifiers.math import MathVerifier
 from selfplay.verifiers.reasoning_gym import ReasoningGymVerifier
 
-__all__ = ["VERIFIERS", "Verifier", "build_verifier", "extract_answer", "verify_all"]
+__all__ = ["LABEL_READERS", "MAJORITY", "VERIFIERS", "Verifier", "build_verifier", "extract_answer", "reads_labels",
+           "verify_all"]
 
 # Built-ins take their options as keyword arguments, plus the answer-format setting.
 VERIFIERS = {
     "reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier, "ifeval": IfEvalVerifier,
-    "code": CodeVerifier,
+    "code": CodeVerifier, MAJORITY: MajorityVerifier,
 }
+
+# Built-ins that check a sample against the problem's answer (its reference, a reasoning-gym entry's answer, a code
+# task's tests): with task.labels: hidden they would train on the labels the run must not see.
+LABEL_READERS = frozenset({"reasoning_gym", "math", "contains", "code"})
+
+
+def reads_labels(name: str, task_default: str) -> bool:
+    """Whether the verifier `name` ('auto' meaning the task's own) checks samples against the answers."""
+    return (task_default if name == "auto" else name) in LABEL_READERS
 
 
 def build_verifier(
@@ -52,6 +64,8 @@ def build_verifier(
     options = dict(options or {})
     if chosen in VERIFIERS:
         kwargs = {"strict_format": strict_format, **options}
+        if chosen == MAJORITY:  # 'auto' equality follows the task's own checker
+            kwargs["task_default"] = task_default
         check_call(factory, field.rsplit(".", 1)[0] + ".options", **kwargs)
         return factory(**kwargs)
     check_call(factory, field, options, run)
