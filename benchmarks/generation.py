@@ -1,6 +1,7 @@
 """Benchmark: useful new tokens per second of every generation backend, side by side, on the real embedded model.
 
     python benchmarks/generation.py --quick     # batch 64, k = 8, 128 sequences: a few minutes; ratio on the last line
+    python benchmarks/generation.py --smoke     # the same path on the tiny test model, batch 8, k = 2: seconds
     python benchmarks/generation.py             # batches 8/32/64/128, k = 1 and 8, 32 and 128 new tokens
     python benchmarks/generation.py --ablations # ... and int8 everywhere, and each step of continuous left out
     python benchmarks/generation.py --default-job   # `make run`'s job with each backend (about 35 min)
@@ -9,9 +10,11 @@
 keeps decoding after their end of sequence. Each (backend, setting) runs in a fresh process, so its peak
 memory is its own. The prompts are the default task's (configs/rft-default.yaml: the one-shot exemplar, the
 question and the answer-line instruction, with the chat template), sampled at temperature 0.8, top-p 0.95.
+It compares the backends that run here without anything else: openai needs a server and vllm a CUDA GPU with
+its own environment, so the default list leaves them out and says so on one line; naming one is an error.
 The FLOP limit is this machine's measured fp32 matmul rate divided by 2 x parameters per new token: the
 decode-only ceiling, which prefill and padding keep any backend under. The full run writes its table into
-docs/BENCHMARKS.md between the `generation` markers; --quick only prints.
+docs/BENCHMARKS.md between the `generation` markers; --quick and --smoke only print.
 """
 
 from __future__ import annotations
@@ -30,8 +33,14 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.rft import machine, write_section  # noqa: E402
+from benchmarks.smoke import add_flags, entry, fail, tiny_model  # noqa: E402
 
 DEFAULT = "continuous"
+# Registered backends this benchmark cannot start by itself (it measures a local model on this machine's CPU).
+NEEDS = {
+    "openai": "needs a server (generate.options.base_url or launch)",
+    "vllm": "needs a CUDA GPU and its own environment (selfplay/generation/vllm.py)",
+}
 # Variants of a backend, named `backend-variant` on the command line: its generate.options, and module constants
 # of selfplay.generation.continuous set in the worker (the ablations that show each step's gain).
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
@@ -43,6 +52,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
 
 @dataclass(frozen=True)
 class Setting:
+    model: str
     backend: str
     batch: int
     k: int
@@ -76,7 +86,7 @@ def _run(setting: Setting) -> dict:
     cfg = load_config(ROOT / "configs" / "rft-default.yaml")
     split = build_task(cfg.task).split()
     problems = (split.train + split.heldout)[: setting.problems]
-    model_path = resolve_model_path(cfg.model.path)
+    model_path = resolve_model_path(setting.model)
     backend, options, constants = VARIANTS.get(setting.backend, (setting.backend, {}, {}))
     import selfplay.generation.continuous as continuous
 
@@ -100,6 +110,9 @@ def run_isolated(setting: Setting) -> dict:
     """`_run` in a fresh interpreter, so each setting's peak memory and caches are its own."""
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(asdict(setting))],
                           capture_output=True, text=True, check=False)
+    if proc.returncode == 2:  # the worker's one line: a user's mistake, e.g. a model path that is not there
+        print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)
+        raise SystemExit(2)
     if proc.returncode != 0:
         raise SystemExit(f"{setting} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -143,13 +156,13 @@ def default_job(backends: list[str]) -> str:
     ])
 
 
-def parameters() -> int:
-    """Parameters of the embedded model, read from its safetensors header (tied weights stored once)."""
+def parameters(model: str) -> int:
+    """Parameters of the model, read from its safetensors header (tied weights stored once)."""
     from safetensors import safe_open
 
     from selfplay.models import resolve_model_path
 
-    with safe_open(resolve_model_path("embedded:smollm2-135m-instruct") / "model.safetensors", "pt") as f:
+    with safe_open(resolve_model_path(model) / "model.safetensors", "pt") as f:
         total = 0
         for key in f.keys():
             n = 1
@@ -180,11 +193,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 64, k = 8, 128 sequences; print only")
-    cpu = sorted(b for b in GENERATORS if b != "vllm")
-    parser.add_argument("--backends", nargs="+", default=cpu, choices=cpu + sorted(VARIANTS),
-                        help="backends to compare (transformers always runs); variants: " + ", ".join(VARIANTS))
+    add_flags(parser)
+    runnable = sorted(b for b in GENERATORS if b not in NEEDS)
+    parser.add_argument("--backends", nargs="+", choices=sorted(GENERATORS) + sorted(VARIANTS),
+                        help=f"backends to compare (transformers always runs; default: {' '.join(runnable)}); "
+                             "variants: " + ", ".join(VARIANTS))
     parser.add_argument("--ablations", action="store_true",
-                        help="also run the variants at batch 64 (int8 runs at every setting in the full grid)")
+                        help="also run the variants at the headline batch (int8 runs at every setting of the grid)")
     parser.add_argument("--default-job", action="store_true",
                         help="run the default job with transformers and continuous instead (about 35 min)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
@@ -193,49 +208,65 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_run(Setting(**json.loads(args.worker)))))
         return
-    backends = ["transformers", *[b for b in args.backends if b != "transformers"]]
+    for name in args.backends or []:
+        if name in NEEDS:
+            fail(f"backend '{name}' {NEEDS[name]}, which this benchmark does not start; "
+                 f"choose from {', '.join(runnable + sorted(VARIANTS))}")
+    if args.backends is None:
+        skipped = [name for name in sorted(GENERATORS) if name in NEEDS]
+        if skipped:
+            print(f"{Path(__file__).name}: skipped {'; '.join(f'{n}, which {NEEDS[n]}' for n in skipped)}", flush=True)
+    backends = ["transformers", *[b for b in args.backends or runnable if b != "transformers"]]
+    model = tiny_model(args.model) if args.smoke else args.model or "embedded:smollm2-135m-instruct"
     if args.default_job:
         text = default_job([b for b in backends if b not in VARIANTS])
         print(text)
         if not args.no_write:
             write_section(text, "default-job")
         return
-    if args.quick:
+    # (batch, k, max_new_tokens, problems); the ratios are printed at the headline (batch, k, max_new_tokens)
+    headline = (8, 2, 8) if args.smoke else (64, 8, 32)
+    if args.smoke:
+        grid = [(8, 2, 8, 4)]
+    elif args.quick:
         grid = [(64, 8, 32, 16)]
     else:
         grid = [(b, k, 32, 128 // k) for k in (1, 8) for b in (8, 32, 64, 128)]
         grid += [(64, 8, 128, 8), (64, 1, 128, 64)]  # long completions
-    settings = [Setting(name, b, k, m, n) for b, k, m, n in grid for name in backends]
+    settings = [Setting(model, name, b, k, m, n) for b, k, m, n in grid for name in backends]
     if args.ablations:
-        settings += [Setting(name, b, k, m, n) for b, k, m, n in grid for name in VARIANTS
-                     if name not in backends and (b == 64 or name == "continuous-int8")]
+        settings += [Setting(model, name, b, k, m, n) for b, k, m, n in grid for name in VARIANTS
+                     if name not in backends and (b == headline[0] or name == "continuous-int8")]
     rank = {name: i for i, name in enumerate([*backends, *VARIANTS])}
     settings.sort(key=lambda s: (s.max_new_tokens, s.k, s.batch, rank[s.backend]))
-    gflops, n_params = matmul_gflops(), parameters()
+    gflops = matmul_gflops(256, 5) if args.smoke else matmul_gflops()
+    n_params = parameters(model)
     results = []
     for s in settings:
         results.append(run_isolated(s))
         r = results[-1]
         print(f"{s}: {r['tokens']} tokens in {r['seconds']:.1f}s = {r['tokens'] / r['seconds']:.1f} tok/s", flush=True)
+    flags = "".join(f" --{f.replace('_', '-')}" for f in ("smoke", "quick", "ablations") if getattr(args, f))
     text = "\n".join([
         f"### Generation backends side by side ({time.strftime('%Y-%m-%d')})", "",
-        f"Command: `python benchmarks/generation.py{' --quick' if args.quick else ''}"
-        f"{' --ablations' if args.ablations else ''}`", "",
+        f"Command: `python benchmarks/generation.py{flags}`", "",
         f"Machine: {machine()}; fp32 matmul measured at {gflops:.0f} GFLOP/s, so the decode-only limit for "
-        f"{n_params / 1e6:.0f}M parameters is {gflops * 1e9 / (2 * n_params):.0f} new tokens/s.", "",
+        f"{n_params / 1e6:.{0 if n_params > 1e7 else 2}f}M parameters is "
+        f"{gflops * 1e9 / (2 * n_params):.0f} new tokens/s.", "",
         table(settings, results, gflops, n_params),
     ])
     print(text)
-    if not args.quick and not args.no_write:
+    if not (args.quick or args.smoke or args.no_write):
         write_section(text, "generation")
     rates = {s.backend: r["tokens"] / r["seconds"] for s, r in zip(settings, results, strict=True)
-             if (s.batch, s.k, s.max_new_tokens) == (64, 8, 32)}
+             if (s.batch, s.k, s.max_new_tokens) == headline}
+    where = f"ratio at batch {headline[0]}, k {headline[1]}"
     for name in rates:
         if name not in ("transformers", DEFAULT):
-            print(f"ratio at batch 64, k 8: {name} / transformers = {rates[name] / rates['transformers']:.2f}")
+            print(f"{where}: {name} / transformers = {rates[name] / rates['transformers']:.2f}")
     if DEFAULT in rates:  # the default backend (greedy output equal to generate's) last, as the headline
-        print(f"ratio at batch 64, k 8: {DEFAULT} / transformers = {rates[DEFAULT] / rates['transformers']:.2f}")
+        print(f"{where}: {DEFAULT} / transformers = {rates[DEFAULT] / rates['transformers']:.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -2,6 +2,7 @@
 
     python benchmarks/preference.py                      # both runs at the benchmark size, then the judge check
     python benchmarks/preference.py --iterations 1 --train-size 24 --eval-size 32 --no-write   # a quick look
+    python benchmarks/preference.py --smoke              # every part on the tiny test model, a scratch folder: seconds
 
 Runs `configs/self-rewarding.yaml` at a larger size, and RFT on the same task, the same sizes and sampling
 settings, with IFEval's checkers as its verifier: the upper bound that a checker buys. Both runs evaluate
@@ -12,7 +13,7 @@ each against the gold checkers (pair accuracy, correlation, how often generate m
 Writes the `preference` section of docs/BENCHMARKS.md: per iteration, held-out gold prompt-level accuracy
 (95% interval), IFBench accuracy, general-knowledge control, the judge's mean score, judge-gold correlation,
 pair accuracy, win rate against iteration 0 (and length-controlled), mean length, distinct-2, pairs made,
-wall time per stage.
+wall time per stage. --smoke and --no-write only print.
 """
 
 from __future__ import annotations
@@ -30,18 +31,25 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.rft import machine, write_section  # noqa: E402
+from benchmarks.smoke import TINY_RUN, add_flags, entry, scratch, tiny_model  # noqa: E402
 from selfplay.api import run  # noqa: E402
 from selfplay.cli import _offline_env  # noqa: E402
 from selfplay.config import load_config  # noqa: E402
 from selfplay.loop.rundir import RunDir  # noqa: E402
 
 CONFIG = ROOT / "configs" / "self-rewarding.yaml"
+EMBEDDED = "embedded:smollm2-135m-instruct"
+# On top of benchmarks/smoke.py's tiny run: greedy-only eval as the config has, short DPO inputs, one short judgement.
+SMOKE = ["eval.samples=0", "guards.fresh_size=0", "train.max_prompt_length=64", "train.max_completion_length=8",
+         "train.batch_size=2", "judge.batch_size=8", "judge.max_new_tokens=8", "judge.samples=1"]
 
 
 def sizes(args) -> list[str]:
     ifbench = f"{{name: ifbench, source: ifbench, size: {args.ifbench_size}, one_shot: false}}"
-    gk = "{name: general_knowledge, path: 'builtin:general_knowledge', size: 60, one_shot: false, verifier: contains}"
-    return [f"iterations={args.iterations}", f"task.train_size={args.train_size}", f"task.eval_size={args.eval_size}",
+    gk = (f"{{name: general_knowledge, path: 'builtin:general_knowledge', size: {4 if args.smoke else 60}, "
+          "one_shot: false, verifier: contains}")
+    return [*(TINY_RUN + SMOKE if args.smoke else []), *([f"model.path={args.model}"] if args.model else []),
+            f"iterations={args.iterations}", f"task.train_size={args.train_size}", f"task.eval_size={args.eval_size}",
             f"guards.control=[{gk}, {ifbench}]", f"output_dir={args.out}"]
 
 
@@ -83,7 +91,7 @@ def table(run_dir: Path) -> str:
     return "\n".join(out)
 
 
-def judge_check(run_dir: Path, prompts: int, seed: int) -> str:
+def judge_check(run_dir: Path, prompts: int, seed: int, model: str = EMBEDDED, smoke: bool = False) -> str:
     """Both judge modes on the base model's iteration-1 candidates, against the gold checkers."""
     from selfplay.config import JudgeConfig
     from selfplay.guards.reward_hacking import pearson
@@ -104,13 +112,14 @@ def judge_check(run_dir: Path, prompts: int, seed: int) -> str:
     samples = [s for s in samples if s.problem_id in keep]
     items = [(problems[s.problem_id], s) for s in samples]
     gold = {v.sample_id: v.score for v in verify_all(IfEvalVerifier(), items)}
-    base = resolve_model_path("embedded:smollm2-135m-instruct")
+    base = resolve_model_path(model)
+    short = {"max_new_tokens": 8, "samples": 1} if smoke else {}
     lines = ["| judge mode | candidates | scored | seconds | judge-gold correlation | pair accuracy vs gold "
              "(pairs gold orders) |", "|---|---|---|---|---|---|"]
     for mode in ("constrained", "generate"):
         pool = ModelPool(placement("cpu", "auto"), "continuous", {})
         try:
-            judge = LLMJudge(JudgeConfig(mode=mode), RunModels(pool, base), seed=seed)
+            judge = LLMJudge(JudgeConfig(mode=mode, **short), RunModels(pool, base), seed=seed)
             start = time.perf_counter()
             verdicts = judge.verify_many(items)
             seconds = time.perf_counter() - start
@@ -143,11 +152,16 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=100)
     p.add_argument("--ifbench-size", type=int, default=100)
     p.add_argument("--judge-prompts", type=int, default=24, help="training prompts for the judge-mode check")
-    p.add_argument("--out", default=str(ROOT / "runs"))
+    p.add_argument("--out", help="where the runs' folders go (runs/; with --smoke a scratch folder)")
     p.add_argument("--only", choices=["self_rewarding", "rft", "judge"], help="run one part")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md as it is")
+    add_flags(p)
     args = p.parse_args()
     _offline_env()
+    if args.smoke:
+        args.iterations, args.train_size, args.eval_size, args.ifbench_size, args.judge_prompts = 1, 3, 3, 3, 2
+        args.out, args.model, args.no_write = args.out or scratch(), tiny_model(args.model), True
+    args.out = args.out or str(ROOT / "runs")
     started = time.strftime("%Y-%m-%d")
     runs = {"self_rewarding": ("bench-self-rewarding", []), "rft": ("bench-rft-instructions", rft_overrides())}
     walls = {}
@@ -159,9 +173,11 @@ def main() -> None:
         start = time.perf_counter()
         run(cfg)
         walls[key] = time.perf_counter() - start
+    command = "--smoke" if args.smoke else (
+        f"--iterations {args.iterations} --train-size {args.train_size} --eval-size {args.eval_size} "
+        f"--ifbench-size {args.ifbench_size}" + (f" --model {args.model}" if args.model else ""))
     parts = [f"Measured {started} on {machine()}.", "",
-             f"Command: `python benchmarks/preference.py --iterations {args.iterations} --train-size "
-             f"{args.train_size} --eval-size {args.eval_size} --ifbench-size {args.ifbench_size}`: "
+             f"Command: `python benchmarks/preference.py {command}`: "
              f"`configs/self-rewarding.yaml` at {args.train_size} training / {args.eval_size} held-out prompts, "
              f"{args.iterations} iterations, IFBench ({args.ifbench_size} prompts) as a control task.", ""]
     for key, (name, _) in runs.items():
@@ -177,7 +193,7 @@ def main() -> None:
     if (not args.only or args.only == "judge") and (sr_dir / "iter-001" / "samples.jsonl").is_file():
         saved.write_text(f"**The judge itself**: the base model judging its own iteration-1 candidates for "
                          f"{args.judge_prompts} training prompts, in each mode, against IFEval's checkers:\n\n"
-                         f"{judge_check(sr_dir, args.judge_prompts, 0)}\n")
+                         f"{judge_check(sr_dir, args.judge_prompts, 0, args.model or EMBEDDED, args.smoke)}\n")
     if saved.is_file():
         parts += [saved.read_text()]
     text = "\n".join(parts)
@@ -188,4 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

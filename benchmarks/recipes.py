@@ -2,6 +2,8 @@
 
     python benchmarks/recipes.py --run star spin sft       # run those configs one after another, then the table
     python benchmarks/recipes.py runs/rft-default runs/bench-star ...   # the table from finished runs only
+    python benchmarks/recipes.py --smoke                   # configs/star.yaml on the tiny test model: seconds
+    python benchmarks/recipes.py --smoke --run spin sft    # ... or the configs named
 
 A run is named bench-<config> (its folder under runs/). The table has, per run: the held-out gold accuracy
 of the starting model and of the best iteration with its 95% interval, pass@k, the control task at the
@@ -9,6 +11,8 @@ start and the end, distinct-2 of the samples at the start and the end, the judge
 where the recipe has a judge, the recipe's own figure (STaR: problems the hint reached; SPIN: rejected
 answers that were already right; CAI: gold pass rate before and after revision; distillation: the
 teacher's pass rate), and the wall time summed over the stages. Run it with nothing else on the machine.
+A config that cannot run here (configs/distill.yaml without its teacher's server) stops the benchmark with
+`selfplay run`'s one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.smoke import TINY_RUN, add_flags, entry, fail, scratch, tiny_model  # noqa: E402
+
+SMOKE_CONFIGS = ["star"]  # RFT's stages and one of its own (hinted retries); benchmarks/rft.py smokes rft-default
 
 
 def _pct(x: float | None) -> str:
@@ -31,6 +41,9 @@ def _pct(x: float | None) -> str:
 def _read(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import yaml
 
+    missing = [name for name in ("config.yaml", "metrics.jsonl") if not (run / name).is_file()]
+    if missing:
+        fail(f"{run}: not a run folder with results (no {' or '.join(missing)})")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return cfg, rows
@@ -102,14 +115,27 @@ def table(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def run_config(name: str, extra: list[str]) -> Path:
-    out = ROOT / "runs" / f"bench-{name}"
-    cmd = [sys.executable, "-m", "selfplay", "run", str(ROOT / "configs" / f"{name}.yaml"), f"name=bench-{name}",
+def config_path(name: str) -> Path:
+    config = ROOT / "configs" / f"{name}.yaml"
+    if not config.is_file():
+        known = " ".join(sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
+        fail(f"--run {name}: there is no configs/{name}.yaml (configs: {known})")
+    return config
+
+
+def run_config(name: str, extra: list[str], output_dir: Path) -> Path:
+    """`selfplay run configs/NAME.yaml` in its own process; its one-line error and exit status 2 pass through."""
+    config = config_path(name)
+    cmd = [sys.executable, "-m", "selfplay", "run", str(config), f"name=bench-{name}", f"output_dir={output_dir}",
            *extra]
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    if code == 2:  # `selfplay run` printed what the user can fix on one line
+        raise SystemExit(2)
+    if code != 0:
+        fail(f"configs/{name}.yaml: `selfplay run` failed with exit status {code} (its output is above)")
     print(f"{name}: {(time.perf_counter() - start) / 60:.1f} min wall", flush=True)
-    return out
+    return output_dir / f"bench-{name}"
 
 
 def main() -> None:
@@ -117,10 +143,21 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", type=Path, help="finished run folders to tabulate")
     ap.add_argument("--run", nargs="*", default=[], metavar="CONFIG", help="configs/NAME.yaml to run first")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every --run")
+    ap.add_argument("--output-dir", type=Path, help="where the runs' folders go (runs/; with --smoke a scratch folder)")
+    add_flags(ap)
     args = ap.parse_args()
-    runs = [run_config(name, args.set) for name in args.run] + list(args.runs)
+    extra = [*([f"model.path={args.model}"] if args.model else []), *args.set]
+    for name in args.run:  # every name checked before the first run starts
+        config_path(name)
+    if args.smoke:
+        args.run = args.run or ([] if args.runs else SMOKE_CONFIGS)
+        args.output_dir = args.output_dir or scratch()
+        extra = [*TINY_RUN, f"model.path={tiny_model(args.model)}", *args.set] if args.run else []
+    if not args.run and not args.runs:
+        ap.error("give finished run folders, or configs to run with --run NAME ...")
+    runs = [run_config(name, extra, args.output_dir or ROOT / "runs") for name in args.run] + list(args.runs)
     print(table(runs))
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -1,11 +1,12 @@
 """Benchmark: the default RFT config on the real embedded model, measured on a large held-out set.
 
     python benchmarks/rft.py                       # 3 iterations, 200 held-out problems (~1 hour on 2 CPU cores)
-    python benchmarks/rft.py --iterations 1 --eval-size 50 --name smoke    # a quick look
+    python benchmarks/rft.py --iterations 1 --eval-size 50 --name quick    # a quick look
+    python benchmarks/rft.py --smoke               # the same path on the tiny test model in a scratch folder: seconds
 
 Prints a markdown table and writes it into docs/BENCHMARKS.md between the `rft` markers: held-out greedy
 accuracy and pass@k with 95% confidence intervals per iteration, samples kept, wall time per stage, and the
-share of wall time spent outside generation, training and evaluation (loop overhead).
+share of wall time spent outside generation, training and evaluation (loop overhead). --smoke only prints.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
+from benchmarks.smoke import TINY_RUN, add_flags, entry, scratch, tiny_model  # noqa: E402
 from selfplay.api import run  # noqa: E402
 from selfplay.cli import _offline_env  # noqa: E402
 from selfplay.config import load_config  # noqa: E402
@@ -86,15 +89,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--name", default="bench-rft")
-    parser.add_argument("--output-dir", default=str(ROOT / "runs"))
+    parser.add_argument("--output-dir", help="where the run's folder goes (runs/; with --smoke a scratch folder)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    add_flags(parser)
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = parser.parse_args()
     _offline_env()
-
+    if args.smoke:  # one iteration on 4 held-out problems, whatever --iterations and --eval-size say
+        args.iterations, args.eval_size, args.no_write = 1, 4, True
+        args.output_dir = args.output_dir or str(scratch())
+        args.model = tiny_model(args.model)
     cfg = load_config(Path(args.config), [
+        *(TINY_RUN if args.smoke else []), *([f"model.path={args.model}"] if args.model else []),
         f"iterations={args.iterations}", f"task.eval_size={args.eval_size}",
-        f"name={args.name}", f"output_dir={args.output_dir}", *args.overrides,
+        f"name={args.name}", f"output_dir={args.output_dir or ROOT / 'runs'}", *args.overrides,
     ])
     started_at = time.time()
     start = time.perf_counter()
@@ -108,11 +116,15 @@ def main() -> None:
             staged += json.loads(summary.read_text()).get("seconds") or 0.0
     overhead = max(0.0, total - staged)
     k = cfg.eval.pass_k
+    command = " ".join(["--smoke"] if args.smoke else [f"--iterations {args.iterations} --eval-size {args.eval_size}",
+                                                      *([f"--model {args.model}"] if args.model else [])])
+    command += "".join(f" {o}" for o in args.overrides)
+    embedded = cfg.model.path == "embedded:smollm2-135m-instruct"
+    model = "the embedded SmolLM2-135M-Instruct" if embedded else f"`{cfg.model.path}`"
     text = "\n".join([
-        f"### RFT on the embedded SmolLM2-135M-Instruct ({time.strftime('%Y-%m-%d')})",
+        f"### RFT on {model} ({time.strftime('%Y-%m-%d')})",
         "",
-        f"Command: `python benchmarks/rft.py --iterations {args.iterations} --eval-size {args.eval_size}"
-        + (" " + " ".join(args.overrides) if args.overrides else "") + "`",
+        f"Command: `python benchmarks/rft.py {command}`",
         "",
         f"Machine: {machine()}.",
         "",
@@ -128,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -2,6 +2,7 @@
 
     python benchmarks/sandbox.py                 # both parts; run it with nothing else on the machine
     python benchmarks/sandbox.py --rounds 3      # throughput repeated, median reported
+    python benchmarks/sandbox.py --smoke         # 8 programs, 8 HumanEval problems, 5 hostile cases: seconds
 
 Throughput: the 160 reference solutions of builtin:code-functions, each checked against its asserts
   - bare: `python3 -I -S -c PROGRAM+TESTS` in a plain subprocess (no isolation; the verdict is the exit code,
@@ -11,7 +12,8 @@ with 1 and 2 programs at a time. Printed: programs per second and milliseconds p
 canonical solutions (each must pass) and a stub returning None for each (none may).
 
 Hostile programs: each case below through the same sandbox (default limits but a 3 s timeout and 2 s of CPU),
-with the verdict, the limit it hit and the wall time, as a Markdown table.
+with the verdict, the limit it hit and the wall time, as a Markdown table. Without bubblewrap (bwrap) it stops
+with one line saying how to install it, and exit status 2.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
+from benchmarks.smoke import add_flags, entry  # noqa: E402
 from selfplay.sandbox import Limits, Sandbox, TestSpec  # noqa: E402
 from selfplay.tasks.code import CodeTask  # noqa: E402
 from selfplay.verifiers.code import test_spec  # noqa: E402
@@ -69,6 +73,9 @@ CASES = [
     ("ignore SIGTERM, sleep past the timeout", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
      "def add(a, b):\n    time.sleep(60)\n"),
 ]
+# --smoke: a pass, a fail, a limit that trips, and two ways to fake a pass
+SMOKE_CASES = ["correct solution", "wrong solution", "infinite loop", "os._exit(0) before the tests",
+               "print a fake 'all passed'"]
 
 
 def bare(code: str, tests: list[str]) -> bool:
@@ -77,8 +84,8 @@ def bare(code: str, tests: list[str]) -> bool:
     return p.returncode == 0
 
 
-def throughput(rounds: int) -> None:
-    split = CodeTask(train_size=100, eval_size=60).split()
+def throughput(rounds: int, train_size: int = 100, eval_size: int = 60) -> None:
+    split = CodeTask(train_size=train_size, eval_size=eval_size).split()
     items = [(p.meta["solution_code"], test_spec(p)) for p in split.train + split.heldout]
     print(f"{len(items)} programs (builtin:code-functions reference solutions), {rounds} round(s), median")
     print("| harness | at once | programs/s | ms per program | passed |")
@@ -100,11 +107,11 @@ def throughput(rounds: int) -> None:
                   f"{passed}/{len(items)} |")
 
 
-def humaneval() -> None:
+def humaneval(size: int = 164) -> None:
     """Every HumanEval canonical solution must pass in the sandbox, and a stub returning None must not."""
     from selfplay.tasks.code import HumanEvalTask
 
-    problems = HumanEvalTask().split().heldout
+    problems = HumanEvalTask(eval_size=size).split().heldout
     sandbox = Sandbox(Limits(workers=2))
     specs = [test_spec(p) for p in problems]
     start = time.perf_counter()
@@ -115,11 +122,16 @@ def humaneval() -> None:
           f"({seconds:.1f} s, 2 at once); a stub returning None passes {sum(r.passed for r in stub.values())}")
 
 
-def hostile() -> None:
+def hostile(names: list[str] | None = None) -> None:
+    unknown = sorted(set(names or []) - {name for name, _ in CASES})
+    if unknown:
+        raise ValueError(f"no hostile case named {unknown}")
     sandbox = Sandbox(Limits(timeout=3, cpu_seconds=2, workers=1))
     print("| program | passed | status | limit hit | seconds | first reason |")
     print("|---|---|---|---|---|---|")
     for name, program in CASES:
+        if names is not None and name not in names:
+            continue
         result = sandbox.run(textwrap.dedent(program), ADD)
         reason = (result.error or "").replace("|", "/")[:70]
         print(f"| {name} | {'yes' if result.passed else 'no'} | {result.status} | {result.limit or '–'} | "
@@ -130,13 +142,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--part", choices=["all", "throughput", "hostile"], default="all")
+    add_flags(parser, model=False)
     args = parser.parse_args()
     if args.part in ("all", "throughput"):
-        throughput(args.rounds)
-        humaneval()
+        if args.smoke:
+            throughput(1, 4, 4)
+            humaneval(8)
+        else:
+            throughput(args.rounds)
+            humaneval()
     if args.part in ("all", "hostile"):
-        hostile()
+        hostile(SMOKE_CASES if args.smoke else None)
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)
