@@ -233,6 +233,17 @@ def test_distillation_from_a_local_teacher_keeps_its_verified_answers(tiny_model
     assert json.loads((it1 / "filter.json").read_text())["teacher_pass_rate"] == pytest.approx(1 / 3)
 
 
+@pytest.mark.e2e
+def test_a_teacher_that_is_the_students_own_folder_is_not_closed_under_the_run(tiny_model, sums_jsonl, tmp_path):
+    # The pool that holds the student also held the teacher: closing it after the teacher's turn broke the
+    # evaluation that followed (AttributeError in the backend).
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="self", recipe="distill", **{
+        "teacher.model": str(tiny_model), "eval.samples": 0})
+    proc = run_cli("run", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "self" / "state.json").read_text())["status"] == "finished"
+
+
 def test_a_missing_local_teacher_is_one_line_before_anything_is_written(tiny_model, sums_jsonl, tmp_path):
     proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="d", recipe="distill",
                                           **{"teacher.model": str(tmp_path / "nope")}))

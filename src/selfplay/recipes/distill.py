@@ -32,8 +32,12 @@ def check(cfg: Any, task: Any, train: Sequence[Problem]) -> None:
             raise UserError(f"teacher.model: {str(e).removeprefix('model.path: ')}") from None
 
 
-def teacher_source(ctx: RunContext, teacher: TeacherConfig) -> tuple[str, Callable[[], Generator]]:
-    """What the samples will name as their model, and a factory for the teacher's generator."""
+def teacher_source(ctx: RunContext, teacher: TeacherConfig) -> tuple[str, Callable[[], Generator] | None]:
+    """What the samples will name as their model, and a factory for the teacher's generator.
+
+    A local teacher has no factory: the run's pool loads it (and keeps it, as for any model it samples), so a
+    teacher that is the student's own folder is never closed under the pool that shares it.
+    """
     if teacher.is_endpoint:
         from selfplay.generation.openai_compat import OpenAIGenerator
 
@@ -41,8 +45,7 @@ def teacher_source(ctx: RunContext, teacher: TeacherConfig) -> tuple[str, Callab
             base_url=teacher.model, served_model=teacher.served_model, api_key_env=teacher.api_key_env,
             concurrency=teacher.concurrency, timeout=teacher.timeout, retries=teacher.retries,
             extra_body=dict(teacher.extra_body), field="teacher")
-    path = resolve_model_path(teacher.model)
-    return str(path), lambda: ctx.pool.generator(path)
+    return str(resolve_model_path(teacher.model)), None
 
 
 def teacher_params(ctx: RunContext, teacher: TeacherConfig, seed: int) -> SamplingParams:
