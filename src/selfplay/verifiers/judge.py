@@ -2,8 +2,10 @@
 
 The judged text is written by the model being trained, so the judge treats it as an attacker's input:
 
-- it is wrapped in a fence whose marker is drawn at random for every call (`<response-3f9a01c2>` ...
-  `</response-3f9a01c2>`), and the rubric says that text inside the fence is data, never instructions;
+- it is wrapped in a fence (`<response-3f9a01c2>` ... `</response-3f9a01c2>`), and the rubric says that text
+  inside the fence is data, never instructions. The marker is the first of a stream seeded by the run seed
+  and the problem id (`draw_fence`) that occurs in none of the texts the fence holds: so no text can close
+  the fence early, and all candidates of a prompt are judged under the same marker, again and again;
 - before that, `neutralize` removes every line of it that talks to the grader (scores, "ignore the rubric",
   fence look-alikes), collapses repetition, and marks a response with no content, which scores 0 by rule;
 - only the judge's own last `Score: N` line counts, read after cutting out anything it echoed from inside
@@ -17,6 +19,18 @@ Two ways to read a score:
   yields a score and costs one forward pass per response: what a 135M model can do at all.
 - `generate`: the judge writes freely, `judge.samples` times, and the parsed scores are averaged (the paper).
 
+Why the marker is seeded, not drawn per call: the marker's tokens move a small model's score (the embedded one's
+by up to 0.13 between two markers, docs/BENCHMARKS.md), so a marker drawn per call ordered some best-versus-worst
+pairs by the marker instead of the answer, and judging one text twice gave two scores. Seeded per problem, every
+candidate of a prompt sees the same marker and a second judging gives the same scores. A seeded marker is
+still unknown to the response's writer: it is a hash (blake2b) of (run seed, problem id, draw), shown only in
+the judge's prompt, never in the policy's prompt or in anything it is trained on (pairs and examples carry
+the original request), so the model has nothing to learn it from; and the collision rule, not secrecy, is
+what keeps the fence shut: even a writer who computed the stream cannot write the marker it is judged
+under, since a marker found in the text is skipped. What such a writer could do is choose a later marker
+for its text by writing the earlier ones; the neutraliser does not remove a bare marker, so that is a lever
+of the size of the marker noise, open only to a person who knows the run's seed, not to the model.
+
 A verdict's `critique` is a JSON object with the fence, the raw judgements, the parsed scores, the digit
 probabilities (constrained) and the text the neutraliser removed, so every pair can be traced to its
 judgements.
@@ -24,12 +38,13 @@ judgements.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import re
-import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -95,12 +110,21 @@ class Fence:
         return f"{self.open}\n{text}\n{self.close}"
 
 
-def new_fence(*texts: str) -> Fence:
-    """A fence with a marker drawn at random, never one that occurs in the texts it will hold."""
-    while True:
-        fence = Fence(f"response-{secrets.token_hex(4)}")
-        if not any(fence.marker in t for t in texts):
-            return fence
+def fence_stream(seed: int, key: str) -> Iterator[Fence]:
+    """The fences of (seed, key) in draw order: the same stream every time, another one for every key."""
+    for draw in itertools.count():
+        digest = hashlib.blake2b(json.dumps([seed, key, draw]).encode(), digest_size=4, person=b"selfplay-fence")
+        yield Fence(f"response-{digest.hexdigest()}")
+
+
+def draw_fence(seed: int, key: str, *texts: str) -> Fence:
+    """The first fence of the (seed, key) stream whose marker occurs in none of `texts` (what it will hold).
+
+    `key` is the problem id. The choice is made per response, not per problem: a response's fence then
+    depends on nothing but its own text and prompt, so it is the same however the candidates are batched or
+    resumed; candidates share the problem's first marker unless one holds it, and only that one moves on.
+    """
+    return next(f for f in fence_stream(seed, key) if not any(f.marker in t for t in texts))
 
 
 def load_template(path: str | None) -> str:
@@ -191,7 +215,7 @@ class LLMJudge:
 
     name = NAME
 
-    def __init__(self, cfg: Any, run: GeneratorSource | None, seed: int = 0, fence: Any = new_fence):
+    def __init__(self, cfg: Any, run: GeneratorSource | None, seed: int = 0, fence: Any = draw_fence):
         if run is None:
             raise UserError("verify.verifier: judge needs the run's models (it was built without them)")
         if cfg.model not in ("current", "base"):
@@ -202,7 +226,7 @@ class LLMJudge:
             except UserError as e:
                 raise UserError(f"judge.model: {str(e).removeprefix('model.path: ')}") from None
         self.cfg, self.run, self.seed = cfg, run, seed
-        self.fence = fence  # draws a fence per call; a test may fix it to compare judged texts exactly
+        self.fence = fence  # fence(seed, problem id, *texts held); a test may fix it to compare judged texts exactly
         self.template = load_template(cfg.template)
         self.calls = 0
 
@@ -230,7 +254,7 @@ class LLMJudge:
             shown, removed, empty = n.text, n.removed, n.empty
         else:
             shown, removed, empty = sample.completion, [], not sample.completion.strip()
-        fence = self.fence(shown, problem.prompt)
+        fence = self.fence(self.seed, problem.id, shown, problem.prompt)
         item = _Item(problem, sample, shown, removed, empty, fence)
         if not empty:
             text = render(self.template, problem.prompt, shown, fence)
@@ -362,18 +386,20 @@ class PairwiseJudge:
     PAIRWISE_TEMPLATE, and the same last line asked for). Responses are neutralised and fenced as for scoring.
     """
 
-    def __init__(self, cfg: Any, generator: Any, seed: int = 0, fence: Any = new_fence,
+    def __init__(self, cfg: Any, generator: Any, seed: int = 0, fence: Any = draw_fence,
                  template: str = PAIRWISE_TEMPLATE):
         self.cfg, self.gen, self.seed, self.fence, self.template = cfg, generator, seed, fence, template
 
-    def _problem(self, pid: str, prompt: str, first: str, second: str) -> tuple[Problem, list[Fence]]:
-        fa = self.fence(first, second, prompt)
-        fb = self.fence(first, second, prompt, fa.marker)
+    def _problem(self, pid: str, order: str, prompt: str, first: str, second: str) -> tuple[Problem, list[Fence]]:
+        # Both fences come from the item's stream and hold the same texts in either order, so the two orders
+        # differ only in which response sits in which fence.
+        fa = self.fence(self.seed, pid, first, second, prompt)
+        fb = self.fence(self.seed, pid, first, second, prompt, fa.marker)
         text = (self.template.replace("{fence_a_open}", fa.open).replace("{fence_a_close}", fa.close)
                 .replace("{fence_b_open}", fb.open).replace("{fence_b_close}", fb.close)
                 .replace("{prompt}", prompt).replace("{response_a}", fa.wrap(first))
                 .replace("{response_b}", fb.wrap(second)))
-        return Problem(pid, text, ""), [fa, fb]
+        return Problem(f"{pid}/{order}", text, ""), [fa, fb]
 
     def _choices(self, asks: list[tuple[Problem, list[Fence]]]) -> list[str | None]:
         problems = [p for p, _ in asks]
@@ -399,8 +425,8 @@ class PairwiseJudge:
             if na.empty or nb.empty:  # content beats none; nothing against nothing is a tie
                 out[n] = "tie" if na.empty and nb.empty else ("b" if na.empty else "a")
                 continue
-            asks.append(self._problem(f"{pid}/ab", prompt, na.text, nb.text))
-            asks.append(self._problem(f"{pid}/ba", prompt, nb.text, na.text))
+            asks.append(self._problem(pid, "ab", prompt, na.text, nb.text))
+            asks.append(self._problem(pid, "ba", prompt, nb.text, na.text))
             index.append(n)
         choices = self._choices(asks) if asks else []
         for k, n in enumerate(index):
