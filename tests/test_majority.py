@@ -180,6 +180,15 @@ def test_hiding_a_label_removes_the_answer_wherever_the_problem_carries_it():
     assert hidden.prompt == p.prompt and hidden.id == p.id
 
 
+def test_a_code_tasks_tests_and_solution_are_labels_too():
+    from selfplay.tasks.labels import has_labels
+
+    p = Problem("c", "Write add(a, b).", "", {"entry_point": "add", "tests": ["assert add(1, 2) == 3"],
+                                              "solution_code": "def add(a, b): return a + b", "demonstration": "d"})
+    assert has_labels([p]) and not has_labels([hide_label(p)])  # a code task is labelled: its tests check answers
+    assert hide_label(p).meta == {"entry_point": "add"}
+
+
 def test_a_jsonl_file_mixing_answered_and_unanswered_lines_is_refused_naming_the_line(tmp_path):
     from selfplay.tasks.jsonl import JsonlTask
 

@@ -31,9 +31,14 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 
 def compare(proxy: Sequence[Verdict], gold: Sequence[Verdict]) -> dict[str, Any]:
-    """Proxy and gold pass rates and mean scores over the same samples, and how well they agree."""
-    by_sample = {v.sample_id: v for v in gold}
-    pairs = [(p, by_sample[p.sample_id]) for p in proxy if p.sample_id in by_sample]
+    """Proxy and gold pass rates and mean scores over the same samples, and how well they agree.
+
+    The two lists judge the same samples in the same order, and are paired by position: a held-out problem's
+    greedy answer and its first sampled one share a sample id, so pairing by id would cross them.
+    """
+    if len(proxy) != len(gold) or any(p.sample_id != g.sample_id for p, g in zip(proxy, gold, strict=True)):
+        raise ValueError("reward_hacking.compare: proxy and gold must judge the same samples in the same order")
+    pairs = list(zip(proxy, gold, strict=True))
     if not pairs:
         return {"samples": 0}
     return {

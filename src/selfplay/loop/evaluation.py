@@ -183,7 +183,8 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
     proxy = _judge(ctx.verifier, ctx.heldout, proxy_samples)
     gold = _judge(ctx.gold, ctx.heldout, proxy_samples)
     unparsed = [v for v in proxy if is_unparsed(v)]  # a judgement with no score has nothing to compare
-    heldout = reward_hacking.compare([v for v in proxy if not is_unparsed(v)], gold)
+    scored = [(p, g) for p, g in zip(proxy, gold, strict=True) if not is_unparsed(p)]
+    heldout = reward_hacking.compare([p for p, _ in scored], [g for _, g in scored])
     if unparsed:
         heldout["unparsed"] = len(unparsed)
     past = [r.get("heldout") for r in (h.guard("reward_hacking") for h in history) if r and r.get("heldout")]
@@ -276,10 +277,7 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     guards = result.guards
     # Runs started before a guard existed have no figures for it: that guard then starts from this iteration.
     guards["mode_collapse"] = _mode_collapse(ctx, diverse, base.guard("mode_collapse") if base else None, seed)
-    # The greedy answer and the first sampled one share an id (pid/s0): tell them apart, or the audit pairs
-    # one's proxy verdict with the other's gold verdict.
-    greedy = [replace(s, id=f"{s.id}-greedy") for s in heldout.greedy]
-    guards["reward_hacking"] = _reward_hacking(ctx, i, greedy + heldout.sampled, history)
+    guards["reward_hacking"] = _reward_hacking(ctx, i, heldout.greedy + heldout.sampled, history)
     guards["pseudo_labels"] = pseudo_label_guard(ctx, i, heldout.sampled)
     if _wants_win_rate(ctx) and i > 0:
         guards["win_rate"] = _win_rate(ctx, heldout.greedy, seed)

@@ -15,7 +15,7 @@ from typing import Any
 
 from selfplay.records import Problem
 
-LABEL_FIELDS = ("solution", "demonstration", "response", "answer", "tests", "check", "code")
+LABEL_FIELDS = ("solution", "demonstration", "response", "answer", "tests", "check", "code", "solution_code")
 
 
 def _hidden_entry(entry: dict[str, Any], answer: str) -> dict[str, Any]:
@@ -37,5 +37,5 @@ def hide_labels(problems: list[Problem]) -> list[Problem]:
 
 
 def has_labels(problems: list[Problem]) -> bool:
-    """Whether any problem carries a reference answer (a JSONL file of prompts only has none)."""
-    return any(p.reference.strip() for p in problems)
+    """Whether any problem carries a reference answer, or a code task's tests (a file of prompts only has none)."""
+    return any(p.reference.strip() or p.meta.get("tests") or p.meta.get("check") for p in problems)
