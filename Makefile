@@ -34,7 +34,8 @@ run: $(STAMP)
 	$(BIN)/selfplay run configs/rft-default.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	# Two workers, a test file each at a time (files share module-scoped runs); plain `pytest` runs serially.
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # This machine's fp32 matmul rate: the figure every timing in README.md and docs/BENCHMARKS.md is quoted beside.
 speed: $(STAMP)
