@@ -253,14 +253,15 @@ def test_per_category_accuracy_and_never_solved():
 
 def _control_eval(iteration: int, completions: list[str], passed: int = 0):
     from selfplay.guards.heldout import greedy_metrics
+    from selfplay.loop.evaluation import stated_in_form
     from selfplay.results import Evaluation
     from selfplay.verifiers.answer import extract_answer
 
     samples = [Sample(f"c{j}/s0", f"c{j}", c, len(c.split()), "stop", "m") for j, c in enumerate(completions)]
     verdicts = [Verdict(s.id, s.problem_id, float(j < passed), j < passed, extract_answer(s.completion), "rg")
                 for j, s in enumerate(samples)]
-    stated = [extract_answer(s.completion, strict=True) is not None for s in samples]
-    return Evaluation(iteration, "m", {}, sets={"control/legs": greedy_metrics(samples, verdicts, stated)})
+    metrics = greedy_metrics(samples, verdicts, stated_in_form(samples))
+    return Evaluation(iteration, "m", {}, sets={"control/legs": metrics})
 
 
 def test_losing_a_control_tasks_answer_form_alarms_even_at_zero_accuracy():

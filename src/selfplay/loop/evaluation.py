@@ -78,6 +78,14 @@ def _judge(verifier: Verifier, problems: Sequence[Problem], samples: list[Sample
     return verify_all(verifier, [(by_id[s.problem_id], s) for s in samples])
 
 
+def stated_in_form(samples: Sequence[Sample]) -> list[bool]:
+    """Per sample, whether it states its answer in the asked-for form (never just "the last number").
+
+    The answer rate counts these: losing the form is forgetting even where accuracy was already nil.
+    """
+    return [extract_answer(s.completion, strict=True) is not None for s in samples]
+
+
 def measure(
     gen: Generator, problems: Sequence[Problem], verifier: Verifier, cfg: EvalConfig, seed: int, desc: str,
     sampled: bool = True,
@@ -86,10 +94,7 @@ def measure(
     greedy = [s for b in sample_batches(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size,
                                         desc=f"{desc} greedy") for s in b]
     greedy_verdicts = _judge(verifier, problems, greedy)
-    # The answer rate counts answers in the asked-for form only (never "the last number"): losing the form is
-    # forgetting even where accuracy was already nil.
-    metrics = greedy_metrics(greedy, greedy_verdicts, [extract_answer(s.completion, strict=True) is not None
-                                                       for s in greedy])
+    metrics = greedy_metrics(greedy, greedy_verdicts, stated_in_form(greedy))
     metrics.update(instruction_metrics(greedy_verdicts))  # IFEval's four numbers, when the checker is ifeval
     samples: list[Sample] = []
     verdicts: list[Verdict] = []
@@ -119,8 +124,7 @@ def measure_by_agreement(
         voters.setdefault(s.problem_id, []).append(s)
     greedy_verdicts = [majority.verify_group(by_id[s.problem_id], [s], voters[s.problem_id])[0] for s in greedy]
     verdicts = _judge(majority, problems, samples)
-    metrics = greedy_metrics(greedy, greedy_verdicts, [extract_answer(s.completion, strict=True) is not None
-                                                       for s in greedy])
+    metrics = greedy_metrics(greedy, greedy_verdicts, stated_in_form(greedy))
     metrics.update(sampled_metrics(verdicts, cfg.pass_k))
     metrics["scored_by"] = AGREEMENT
     return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
