@@ -229,3 +229,17 @@ def coder_backend(model_path, where, slow_wrong: float = 0.0):
             pass
 
     return Coder()
+
+
+class Letters:
+    """A reward with spread on a random model's output: the share of the completion's characters that are letters."""
+
+    name = "letters"
+
+    def __init__(self, options=None, run=None):
+        pass
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        text = sample.completion
+        score = sum(c.isalpha() for c in text) / max(1, len(text))
+        return Verdict(sample.id, problem.id, score, score >= 0.5, None, self.name)

@@ -149,6 +149,11 @@ class Evaluation:
             for key in ("win_rate", "lc_win_rate"):
                 if wr.figures.get(key) is not None:
                     out[f"judge/{key}"] = wr.figures[key]
+        rl = self.guards.get("rl")
+        if rl is not None:  # online RL: the iteration's last reward, gold, KL and entropy, and its signal
+            for key in ("reward_last", "gold_last", "kl_last", "entropy_last", "zero_spread_share", "truncated_share"):
+                if rl.figures.get(key) is not None:
+                    out[f"rl/{key}"] = rl.figures[key]
         pf = self.guards.get("persistent_failures")
         if pf is not None and "never_solved" in pf.figures:
             out["never_solved"] = pf.figures["never_solved"]

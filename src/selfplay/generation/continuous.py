@@ -234,13 +234,25 @@ class ContinuousGenerator:
         self, problems: Sequence[Problem], params: SamplingParams, batch_size: int
     ) -> Iterator[list[tuple[Problem, list[Completion]]]]:
         """Yield problems as their last sample ends; up to `batch_size` rows decode at once."""
-        import torch
-
         if not problems:
             return
-        prompts = encode_prompts(self.tokenizer, problems)
+        for ready in self.generate_tokens(encode_prompts(self.tokenizer, problems), params, batch_size):
+            yield [(problems[i], [to_completion(self.tokenizer, seq, self.stop_ids) for seq in seqs])
+                   for i, seqs in ready]
+
+    def generate_tokens(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int
+    ) -> Iterator[list[tuple[int, list[list[int]]]]]:
+        """The decode loop on token ids: yield (prompt index, its `params.n` token lists) as a prompt's last
+        sample ends. Each list holds the new tokens up to and including the stop token (none when cut at
+        `max_new_tokens`), the form an RL trainer scores and trains on."""
+        import torch
+
+        if not prompts:
+            return
+        prompts = [list(p) for p in prompts]
         # longest prompts first, so that a batch too big for memory shows at the start
-        waiting = deque((i, j) for i in sorted(range(len(problems)), key=lambda i: -len(prompts[i]))
+        waiting = deque((i, j) for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
                         for j in range(params.n))
         rows_max = max(1, batch_size)
         device, dtype = self.model.device, self.model.dtype
@@ -252,15 +264,14 @@ class ContinuousGenerator:
         rows: list[_Row] = []
         lengths = torch.zeros(rows_max, dtype=torch.long, device=device)
         last = torch.zeros(rows_max, dtype=torch.long, device=device)
-        done: dict[int, list[Completion | None]] = {}
+        done: dict[int, list[list[int] | None]] = {}
         store: dict[int, _Prompt] = {}  # the prefilled prompt whose samples are still waiting, if any
 
         def finished(row: _Row) -> bool:
             return row.tokens[-1] in self.stop_ids or len(row.tokens) >= params.max_new_tokens
 
         def complete(row: _Row) -> None:
-            done.setdefault(row.problem, [None] * params.n)[row.sample] = to_completion(
-                self.tokenizer, row.tokens, self.stop_ids)
+            done.setdefault(row.problem, [None] * params.n)[row.sample] = row.tokens
 
         with torch.inference_mode():
             prefix = self._shared_prefix(prompts)
@@ -295,7 +306,7 @@ class ContinuousGenerator:
                     rows = self._retire(rows, lengths, last, cache, finished, complete)
                 ready = [i for i, c in done.items() if all(x is not None for x in c)]
                 if ready:
-                    yield [(problems[i], done.pop(i)) for i in ready]
+                    yield [(i, done.pop(i)) for i in ready]
 
     @staticmethod
     def _chunks(new: list[int], prompts: list[list[int]]) -> Iterator[list[int]]:

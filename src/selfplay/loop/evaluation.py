@@ -4,7 +4,7 @@
       metrics     held-out greedy accuracy, pass@k, length (scored by the gold checker when there is one)
       sets        control tasks (never trained on) and fresh problem variants, greedy accuracy each
       categories  accuracy per problem category, held-out and control
-      guards      reward_hacking, mode_collapse, contamination, persistent_failures, degradation
+      guards      reward_hacking, mode_collapse, contamination, persistent_failures, degradation, rl (online RL)
       alarms      one line per tripped guard
       decision    continue / stop / rollback / finish, and the best iteration so far
 
@@ -24,7 +24,7 @@ from selfplay.config import EvalConfig
 from selfplay.files import atomic_write_jsonl, read_json, read_jsonl
 from selfplay.generation import sample_batches
 from selfplay.guards import categories as cat
-from selfplay.guards import reward_hacking, stopping, win_rate
+from selfplay.guards import reward_hacking, rl_signal, stopping, win_rate
 from selfplay.guards.diversity import diversity_metrics
 from selfplay.guards.embedding import embedding_spread, find_embedding_model
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
@@ -285,6 +285,9 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     guards["pseudo_labels"] = pseudo_label_guard(ctx, i, heldout.sampled)
     if _wants_win_rate(ctx) and i > 0:
         guards["win_rate"] = _win_rate(ctx, heldout.greedy, seed)
+    if (it_dir / rl_signal.STEPS_FILE).is_file():  # online RL: its updates' signal, entropy and truncation
+        guards["rl"] = rl_signal.audit(read_jsonl(it_dir / rl_signal.STEPS_FILE), cfg.rl.min_signal,
+                                       cfg.rl.min_entropy_ratio)
 
     filter_summary = it_dir / "filter.json"
     dropped = read_json(filter_summary).get("contaminated", 0) if filter_summary.is_file() else 0

@@ -8,7 +8,7 @@ CHECKS holds a built-in recipe's own check, `check(cfg, task, train_problems)`, 
 anything is written: it refuses in one line a task or setting the recipe cannot run with.
 """
 
-from selfplay.recipes import constitutional, distill, rft, self_rewarding, sft, spin, star
+from selfplay.recipes import constitutional, distill, grpo, rft, self_rewarding, sft, spin, star
 
 RECIPES = {
     "rft": rft.run_iteration,
@@ -18,6 +18,7 @@ RECIPES = {
     "sft": sft.run_iteration,
     "distill": distill.run_iteration,
     "constitutional": constitutional.run_iteration,
+    "grpo": grpo.run_iteration,
 }
 
 CHECKS = {
@@ -26,6 +27,7 @@ CHECKS = {
     "sft": spin.check,
     "distill": distill.check,
     "constitutional": constitutional.check,
+    "grpo": grpo.check,
 }
 
 __all__ = ["CHECKS", "RECIPES"]

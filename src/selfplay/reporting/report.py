@@ -6,9 +6,6 @@ outside, so it can be mailed or archived as one file. Model text is HTML-escaped
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import time
 from pathlib import Path
 from typing import Any
@@ -16,42 +13,14 @@ from typing import Any
 from selfplay.files import atomic_write_text
 from selfplay.loop.rundir import STAGES, RunDir, load_records
 from selfplay.records import Problem
+from selfplay.reporting.html import esc as _esc
+from selfplay.reporting.html import figure as _figure
+from selfplay.reporting.html import pct as _pct
+from selfplay.reporting.rl import rl_section, rl_steps
 from selfplay.reporting.tensorboard import write_tensorboard
 from selfplay.results import GUARDS, Evaluation
 
 LINEAGE_ROWS = 25
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _pct(value: Any) -> str:
-    return f"{value:.1%}" if isinstance(value, (int, float)) else "–"
-
-
-def _figure(draw) -> str:
-    """Run `draw(ax)` on a new figure with iterations on the x axis; return it as an <img> with a PNG data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    title = draw(ax)
-    ax.set_title(title, fontsize=11)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}">'
 
 
 def _iters(rows: list[dict[str, Any]]) -> list[int]:
@@ -310,6 +279,9 @@ def _lineage(rundir: RunDir, evals: dict[int, Evaluation]) -> str:
     """Training records traced back: problem -> sample -> verdict -> iteration and model."""
     trained = [i for i in sorted(evals) if i > 0 and rundir.train_file(i) is not None]
     if not trained:
+        if rl_steps(rundir):
+            return ("<p>Online RL trains on its rollouts as it samples them: they and their rewards are in each "
+                    "iteration's samples.jsonl and verdicts.jsonl, and the section Online RL shows the last ones.</p>")
         return "<p>No training data yet.</p>"
     i = trained[-1]
     train_path = rundir.problems_dir / "train.jsonl"
@@ -377,7 +349,7 @@ def render(run_path: Path) -> str:
 <p>{' &middot; '.join(summary)}</p>
 <h2>Guards</h2>{_guard_table(evals)}{_messages(evals)}
 <h2>Metrics</h2>{_metrics_table(rows, pass_k)}{_judge_section(rows)}{_pseudo_label_section(evals)}
-<h2>Plots</h2><div class="plots">{''.join(plots)}</div>
+<h2>Plots</h2><div class="plots">{''.join(plots)}</div>{rl_section(rundir, evals)}
 <h2>Lineage of the training data</h2>{_lineage(rundir, evals)}
 <h2>Config</h2><pre>{_esc(rundir.config_path.read_text())}</pre>
 </body></html>"""
@@ -390,5 +362,6 @@ def write_report(run_path: Path, out: Path | None = None) -> Path:
     page = render(run_path)
     out = Path(out) if out else run_path / "report.html"
     atomic_write_text(out, page)
-    write_tensorboard(RunDir(run_path).collect_metrics(), run_path / "tensorboard")
+    rundir = RunDir(run_path)
+    write_tensorboard(rundir.collect_metrics(), run_path / "tensorboard", rl_steps(rundir))
     return out

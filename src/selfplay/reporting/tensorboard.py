@@ -20,8 +20,10 @@ def available() -> bool:
     return True
 
 
-def write_tensorboard(rows: Sequence[dict[str, Any]], folder: Path) -> Path | None:
-    """Scalars per iteration under `folder`; None when TensorBoard is not installed."""
+def write_tensorboard(rows: Sequence[dict[str, Any]], folder: Path,
+                      steps: Sequence[dict[str, Any]] = ()) -> Path | None:
+    """Scalars per iteration under `folder`, and online RL's per update (`steps`, under rl_step/, numbered across
+    iterations by their `x`); None when TensorBoard is not installed."""
     if not available():
         return None
     from torch.utils.tensorboard import SummaryWriter
@@ -40,6 +42,11 @@ def write_tensorboard(rows: Sequence[dict[str, Any]], folder: Path) -> Path | No
             if seconds is not None:
                 writer.add_scalar(f"seconds/{stage}", seconds, step)
         writer.add_scalar("alarms", len(row.get("alarms", [])), step)
+    for row in steps:
+        for key, value in row.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and key not in ("x", "step", "iteration"):
+                writer.add_scalar(f"rl_step/{key}", value, int(row["x"]))
     writer.close()
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

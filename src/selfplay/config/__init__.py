@@ -12,16 +12,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from selfplay.config.base import Section as _Section
+from selfplay.config.recipes import (
+    ConstitutionConfig,
+    JudgeConfig,
+    RLConfig,
+    SpinConfig,
+    StarConfig,
+    TeacherConfig,
+)
 from selfplay.errors import UserError
 from selfplay.interfaces import SamplingParams
 
 MAX_ITERATIONS = 50  # A hard cap: self-training loops degrade when left to run unattended.
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(_Section):
@@ -314,134 +319,6 @@ class GuardsConfig(_Section):
     stop_on_alarm: bool = Field(False, description="Stop the run when any guard raises an alarm (else warn).")
 
 
-class JudgeConfig(_Section):
-    """The LLM judge that scores candidates when the recipe has no checker (Self-Rewarding)."""
-
-    model: str = Field(
-        "current", description="Who judges: 'current' (the model being trained, as in the paper), 'base' (the "
-        "frozen starting model) or a model folder.",
-    )
-    mode: Literal["constrained", "generate"] = Field(
-        "constrained", description="'constrained': force 'Score: ' and take the expected digit from the model's "
-        "probabilities of 1-5; 'generate': let the judge write and parse its last 'Score: N' line.",
-    )
-    samples: int = Field(3, ge=1, description="Judgements averaged per response ('generate' mode).")
-    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of the judge ('generate' mode).")
-    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus threshold of the judge ('generate' mode).")
-    max_new_tokens: int = Field(160, ge=1, description="Tokens a judgement may use ('generate' mode).")
-    retries: int = Field(1, ge=0, description="Extra tries for a judgement with no valid score ('generate' mode).")
-    template: str | None = Field(
-        None, description="A rubric template file with {prompt}, {response}, {fence_open}, {fence_close} slots "
-        "(null: the Self-Rewarding paper's additive 5-point rubric).",
-    )
-    neutralize: bool = Field(
-        True, description="Blank score-like text ('Score: 5', '5/5', 'award 5 points') in the judged response "
-        "before the judge reads it.",
-    )
-    pass_score: float = Field(4.0, ge=0.0, le=5.0, description="A response scored at least this counts as passed.")
-    batch_size: int = Field(32, ge=1, description="Judge prompts decoded or scored at once.")
-
-
-class StarConfig(_Section):
-    """STaR rationalization: a second try, with the answer as a hint, for training problems no sample solved."""
-
-    rationalize: bool = Field(True, description="Retry unsolved training problems with the reference answer as a "
-                              "hint (off: plain RFT).")
-    hint: str = Field(
-        "Hint: the correct answer is {answer}. Show how to reach it.",
-        description="The hint added to the prompt of an unsolved problem; {answer} is its reference. Training "
-        "examples never contain it.",
-    )
-    samples: int = Field(4, ge=1, description="Hinted samples per unsolved problem.")
-    drop_mentions: list[str] = Field(
-        default_factory=lambda: ["hint", "given answer", "answer is given", "we are told", "as stated"],
-        description="A rationalization that mentions any of these (case-insensitive), or repeats three words in a "
-        "row of star.hint, leans on the hint and is dropped: without the hint in its prompt it would teach the "
-        "model to answer a hint it never saw.",
-    )
-
-
-class SpinConfig(_Section):
-    """SPIN: the demonstration is chosen, the model's own answer to the same prompt is rejected."""
-
-    drop_identical: bool = Field(True, description="Make no pair when the model's answer already equals the "
-                                 "demonstration (after whitespace).")
-
-
-class TeacherConfig(_Section):
-    """Distillation: who answers the prompts the student is trained on."""
-
-    model: str = Field(
-        "", description="A local model folder, 'embedded:NAME', or an OpenAI-compatible endpoint URL "
-        "(http://HOST:PORT/v1) whose chat completions answer the prompts.",
-    )
-    served_model: str | None = Field(None, description="The endpoint's model name (null: the first it lists).")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once (endpoint).")
-    timeout: float = Field(120.0, gt=0, description="Seconds per request (endpoint).")
-    retries: int = Field(3, ge=0, description="Retries with backoff for a failed request (endpoint).")
-    samples: int = Field(1, ge=1, description="Teacher answers per prompt.")
-    temperature: float = Field(0.0, ge=0.0, description="Teacher sampling temperature (0: greedy).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Teacher nucleus threshold.")
-    max_new_tokens: int | None = Field(None, ge=1, description="Cap on teacher tokens (null: generate.max_new_tokens).")
-    verify: bool = Field(True, description="Keep only teacher answers the run's verifier passes (off: keep all).")
-    extra_body: dict[str, Any] = Field(
-        default_factory=dict, description="Fields added to every request to the endpoint (a server's own knobs, "
-        "e.g. transformers serve's generation_config: '{\"do_sample\": true}' to sample at all).",
-    )
-
-    @property
-    def is_endpoint(self) -> bool:
-        return self.model.startswith(("http://", "https://"))
-
-
-class ConstitutionConfig(_Section):
-    """Constitutional AI: the model critiques and revises its own answers by written principles."""
-
-    path: str = Field(
-        "builtin:constitution", description="The principles: a JSONL file of {name, critique, revision, compare?} "
-        "objects, or 'builtin:constitution' (helpful and harmless) or 'builtin:follow-instructions' (the "
-        "instruction task's constraints).",
-    )
-    rounds: int = Field(1, ge=1, le=8, description="Critique-and-revise rounds per response, each by a principle "
-                        "drawn at random (seeded by run seed, iteration, response and round).")
-    phase: Literal["supervised", "preference"] = Field(
-        "supervised", description="'supervised': SFT on the final revisions; 'preference' (RLAIF): DPO on pairs.",
-    )
-    pairs: Literal["revision", "judged"] = Field(
-        "revision", description="Preference pairs: 'revision' (the final revision chosen, the first response "
-        "rejected) or 'judged' (the judge.model compares two responses by a principle in both orders; only "
-        "agreeing judgements make a pair).",
-    )
-    responses: int | None = Field(
-        None, ge=1, description="Responses sampled per training prompt, each critiqued and revised (null: 1; "
-        "pairs: judged always samples 2). generate.samples_per_problem is not used by this recipe.",
-    )
-    critique_max_new_tokens: int = Field(96, ge=1, description="Cap on tokens per critique.")
-    revision_max_new_tokens: int | None = Field(
-        None, ge=1, description="Cap on tokens per revision (null: generate.max_new_tokens)."
-    )
-    keep_truncated: bool = Field(
-        False, description="Keep a revision that hit its token cap (off: it falls back to the previous text, as an "
-        "empty one does; both are counted).",
-    )
-    drop_unchanged: bool = Field(
-        False, description="Train only on responses the revisions changed (off: an unchanged response is kept).",
-    )
-    verify: bool = Field(False, description="Keep only final revisions that the run's verifier passes.")
-
-    @model_validator(mode="after")
-    def _check(self) -> ConstitutionConfig:
-        if self.phase == "preference" and self.pairs == "judged" and self.responses not in (None, 2):
-            raise ValueError(f"responses: pairs: judged compares two responses per prompt; leave it unset (got "
-                             f"{self.responses})")
-        return self
-
-    @property
-    def responses_per_prompt(self) -> int:
-        return 2 if self.phase == "preference" and self.pairs == "judged" else self.responses or 1
-
-
 class ReviewConfig(_Section):
     every: int = Field(0, ge=0, description="Pause after the filter stage of every Nth iteration for review (0: off).")
     sample_size: int = Field(20, ge=1, description="Training examples shown to the reviewer.")
@@ -456,7 +333,7 @@ class RunConfig(_Section):
         "hinted retries of unsolved problems), 'self_rewarding' (own judge, best-vs-worst pairs, DPO), 'spin' "
         "(demonstration chosen, own answer rejected, DPO), 'sft' (the demonstrations, supervised), 'distill' (a "
         "teacher's answers, supervised), 'constitutional' (critique and revision by written principles, then SFT or "
-        "DPO) or a user's 'module:attr'."
+        "DPO), 'grpo' (online RL against the verifiers: trl's GRPO or RLOO) or a user's 'module:attr'."
     )
     iterations: int = Field(2, ge=1, le=MAX_ITERATIONS, description=f"Iterations to run (capped at {MAX_ITERATIONS}).")
     seed: int = Field(0, description="Seed for sampling and training.")
@@ -477,6 +354,7 @@ class RunConfig(_Section):
     )
     stop: StopConfig = Field(default_factory=StopConfig, description="When a run stops early.")
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Human review gates.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="Online RL against the verifiers (recipe: grpo).")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -538,7 +416,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); quote "
+                        "the whole override in the shell") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""Online RL's own failure signs, read from an iteration's per-step figures (rl-steps.jsonl, trl's names).
+
+- **No signal.** A group whose completions all get the same reward has zero advantage and gives no gradient.
+  When most groups are like that (every completion cut at the token cap and scored 0, a task far too hard or
+  too easy), the loss is silently about 0 and the policy does not move (trl#5697: frac_reward_zero_std = 1).
+- **Entropy collapse.** The policy's token entropy falling to a small share of where the iteration began:
+  it has stopped exploring, and pass@k at large k falls with it.
+- **Everything truncated.** Every completion hits the cap: the reward reads cut-off text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from selfplay.results import GuardResult
+
+STEPS_FILE = "rl-steps.jsonl"  # in an iteration folder: one line per policy update, trl's figures and gold's
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _series(steps: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [float(s[key]) for s in steps if s.get(key) is not None]
+
+
+def summarize(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of an iteration's RL stage: first and last reward, gold, KL and entropy, and the averages."""
+    out: dict[str, Any] = {"steps": len(steps)}
+    for key, name in (("reward", "reward"), ("gold", "gold"), ("kl", "kl"), ("entropy", "entropy"),
+                      ("completions/mean_length", "length")):
+        values = _series(steps, key)
+        if values:
+            out[f"{name}_first"], out[f"{name}_last"] = values[0], values[-1]
+    for key, name in (("frac_reward_zero_std", "zero_spread_share"), ("completions/clipped_ratio", "truncated_share"),
+                      ("clip_ratio/region_mean", "clip_ratio")):
+        value = _mean(_series(steps, key))
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def audit(steps: Sequence[dict[str, Any]], min_signal: float, min_entropy_ratio: float) -> GuardResult:
+    """Alarms for an iteration whose updates carried little gradient, or whose entropy collapsed."""
+    if not steps:
+        return GuardResult("n/a", notes=["no RL steps in this iteration"])
+    figures = summarize(steps)
+    alarms: list[str] = []
+    zero = figures.get("zero_spread_share")
+    if zero is not None and 1.0 - zero < min_signal:
+        cause = ""
+        if figures.get("truncated_share", 0.0) >= 0.99:
+            cause = ": every completion was cut at the token cap (raise generate.max_new_tokens)"
+        alarms.append(f"only {1.0 - zero:.0%} of groups had any reward spread (< {min_signal:.0%}), so most updates "
+                      f"carried no gradient{cause}")
+    elif figures.get("truncated_share", 0.0) >= 0.99:
+        alarms.append("every completion was cut at the token cap: the rewards read cut-off text "
+                      "(raise generate.max_new_tokens)")
+    first, last = figures.get("entropy_first"), figures.get("entropy_last")
+    if first and last is not None and last < min_entropy_ratio * first:
+        alarms.append(f"entropy collapsed from {first:.3f} to {last:.3f} (< {min_entropy_ratio:.0%} of the first "
+                      "step's): the policy has stopped exploring")
+    notes = []
+    if "kl_last" not in figures:
+        notes.append("KL to the start model is not measured (rl.beta: 0 loads no reference model)")
+    return GuardResult("alarm" if alarms else "ok", alarms, notes, figures)
