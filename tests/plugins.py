@@ -243,3 +243,15 @@ class Letters:
         text = sample.completion
         score = sum(c.isalpha() for c in text) / max(1, len(text))
         return Verdict(sample.id, problem.id, score, score >= 0.5, None, self.name)
+
+
+class TooHard:
+    """A verifier no completion passes: the reward of a task far beyond the model (every group scores 0)."""
+
+    name = "too-hard"
+
+    def __init__(self, options=None, run=None):
+        pass
+
+    def verify(self, problem: Problem, sample: Sample) -> Verdict:
+        return Verdict(sample.id, problem.id, 0.0, False, None, self.name)

@@ -65,19 +65,26 @@ def train_rows(ctx: RunContext, i: int) -> list[dict[str, Any]]:
     path = ctx.rundir.iter_dir(i) / "verdicts.jsonl"
     if not path.is_file():
         return []
-    first: dict[str, Verdict] = {}
-    tied: set[str] = set()
+    # One vote per problem; online RL (grpo, TTRL) votes on each group of rollouts, so once per problem and update,
+    # and trains toward the majority of every group where one passed.
+    first: dict[tuple[str, Any], Verdict] = {}
+    tied: set[tuple[str, Any]] = set()
+    passed: set[tuple[str, Any]] = set()
     for v in load_records(path, Verdict):
-        first.setdefault(v.problem_id, v)
+        key = (v.problem_id, (v.details or {}).get("step"))
+        first.setdefault(key, v)
         if (v.details or {}).get("status") == "tie":
-            tied.add(v.problem_id)
+            tied.add(key)
+        if v.passed:
+            passed.add(key)
     trained = {r.problem_id for r in ctx.rundir.train_records(i) or []}
     rows = []
-    for pid, v in first.items():
+    for key, v in first.items():
+        pid, step = key
         d = v.details or {}
         row = _row(pid, d.get("majority"), float(d.get("share", 0.0)), int(d.get("votes", 0)), int(d.get("samples", 0)),
-                   pid in tied)
-        row["trained"] = pid in trained
+                   key in tied)
+        row["trained"] = key in passed if step is not None else pid in trained
         rows.append(row)
     return rows
 

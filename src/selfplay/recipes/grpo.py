@@ -41,6 +41,10 @@ def check(cfg: Any, task: Any, train_problems: Sequence[Problem]) -> None:
                         "step and its weights live in the trainer); use rl.rollout: vllm on a GPU, or continuous")
     if cfg.rl.rollout == "vllm" and cfg.model.device == "cpu":
         raise UserError("rl.rollout: vllm needs a CUDA GPU (model.device is cpu); use continuous")
+    if cfg.rl.options:
+        from selfplay.training.rl import check_options
+
+        check_options(cfg.rl)
     per_step = cfg.rl.prompts_per_step
     if per_step > len(train_problems):
         raise UserError(f"rl.prompts_per_step: {per_step} is more than the {len(train_problems)} training problems")

@@ -137,13 +137,19 @@ def _config(rl: RLConfig, train: TrainConfig, sampling: SamplingParams, work_dir
     )
     if rl.algorithm == "grpo":
         settings.update(loss_type=rl.loss_type, scale_rewards=rl.scale_rewards)
+    check_options(rl)
     settings.update(rl.options)
+    return {"grpo": GRPOConfig, "rloo": RLOOConfig}[rl.algorithm](**settings)
+
+
+def check_options(rl: RLConfig) -> None:
+    """Refuse an rl.options key that trl's config for rl.algorithm does not have, in one line."""
+    from trl import GRPOConfig, RLOOConfig
+
     cls = {"grpo": GRPOConfig, "rloo": RLOOConfig}[rl.algorithm]
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(k for k in rl.options if k not in known)
+    unknown = sorted(k for k in rl.options if k not in cls.__dataclass_fields__)
     if unknown:
         raise UserError(f"rl.options: {', '.join(unknown)} is not a setting of trl's {cls.__name__}")
-    return cls(**settings)
 
 
 class _Progress:
