@@ -86,7 +86,8 @@ def judge_figure(rows: list[dict[str, Any]]) -> str:
 
 def row(run: Path) -> list[str]:
     cfg, rows = _read(run)
-    k = cfg["eval"]["pass_k"] if cfg["eval"]["samples"] else None
+    ks = cfg["eval"]["pass_k"]
+    k = (max(ks) if isinstance(ks, list) else ks) if cfg["eval"]["samples"] else None
     best = max(rows, key=lambda r: (r["greedy_accuracy"], -r["iteration"]))
     lo, hi = best["greedy_ci95"]
     controls = [key for key in rows[0] if key.startswith("control/") and key.endswith("/accuracy")]

@@ -115,7 +115,7 @@ def main() -> None:
         if summary.stem in ("generate", "verify", "filter", "train", "eval") and summary.stat().st_mtime >= started_at:
             staged += json.loads(summary.read_text()).get("seconds") or 0.0
     overhead = max(0.0, total - staged)
-    k = cfg.eval.pass_k
+    k = cfg.eval.headline_k
     command = " ".join(["--smoke"] if args.smoke else [f"--iterations {args.iterations} --eval-size {args.eval_size}",
                                                       *([f"--model {args.model}"] if args.model else [])])
     command += "".join(f" {o}" for o in args.overrides)

@@ -117,12 +117,15 @@ def _steps(run: Path, i: int = 1) -> list[dict]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+@pytest.mark.parametrize("algorithm, first", [("grpo", "letters"), ("rloo", "majority")])
 def test_a_grpo_run_writes_every_rollout_with_its_rewards_and_the_figures_per_update(tiny_model, sums40, tmp_path,
-                                                                                      algorithm):
+                                                                                      algorithm, first):
+    """GRPO on two weighted rewards; RLOO with the group's own majority as the first (TTRL, labels hidden)."""
     rewards = "[{verifier: verify, weight: 1.0}, {verifier: 'tests.plugins:Letters', weight: 0.5}]"
-    result = run_cli("run", *grpo_overrides(tiny_model, sums40, tmp_path, **{"rl.algorithm": algorithm,
-                                                                              "rl.rewards": rewards}))
+    extra = {"rl.algorithm": algorithm, "rl.rewards": rewards}
+    if first == "majority":
+        extra.update({"verify.verifier": "majority", "task.labels": "hidden"})
+    result = run_cli("run", *grpo_overrides(tiny_model, sums40, tmp_path, **extra))
     assert result.returncode == 0, result.stderr[-3000:]
     run, it = tmp_path / "g", tmp_path / "g" / "iter-001"
     summary = json.loads((it / "rl.json").read_text())
@@ -133,13 +136,18 @@ def test_a_grpo_run_writes_every_rollout_with_its_rewards_and_the_figures_per_up
     assert len({s["id"] for s in samples}) == len(samples)
     assert [v["sample_id"] for v in verdicts] == [s["id"] for s in samples]
     assert {v["details"]["step"] for v in verdicts} == {1, 2, 3}
+    second = "letters_2" if first == "letters" else "letters"
     for v in verdicts:  # the weighted sum of the two rewards, each kept by name
         r = v["details"]["rewards"]
-        assert set(r) == {"letters", "letters_2"} and math.isclose(v["score"], r["letters"] + 0.5 * r["letters_2"])
+        assert set(r) == {first, second} and math.isclose(v["score"], r[first] + 0.5 * r[second])
+    if first == "majority":  # each group of 4 rollouts voted on its own
+        assert all(v["details"]["samples"] == 4 and "status" in v["details"] for v in verdicts)
+        audit_train = json.loads((it / "eval.json").read_text())["guards"]["pseudo_labels"]["train"]
+        assert audit_train["problems"] == 3 * 2  # one vote per problem and update
     steps = _steps(run)
     assert [s["step"] for s in steps] == [1, 2, 3]
     for s in steps:
-        assert {"reward", "rewards/letters/mean", "rewards/letters_2/mean", "frac_reward_zero_std", "entropy",
+        assert {"reward", f"rewards/{first}/mean", f"rewards/{second}/mean", "frac_reward_zero_std", "entropy",
                 "completions/clipped_ratio", "kl"} <= set(s)
         mine = [v["score"] for v in verdicts if v["details"]["step"] == s["step"]]
         assert math.isclose(s["reward"], sum(mine) / len(mine), rel_tol=1e-4)  # trl's mean is ours

@@ -196,7 +196,28 @@ class EvalConfig(SamplingSection):
     samples: int = Field(
         4, ge=0, description="Sampled completions per held-out problem for pass@k (0: greedy accuracy only)."
     )
-    pass_k: int = Field(4, ge=1, description="k of pass@k; at most `samples`.")
+    pass_k: int | list[int] = Field(
+        4, description="k of pass@k, or a list of them (e.g. [1, 8, 64]: pass@k at large k); each at most `samples`, "
+        "with the unbiased estimator. The largest is the one tables and plots show.",
+    )
+
+    @field_validator("pass_k")
+    @classmethod
+    def _positive(cls, value: int | list[int]) -> int | list[int]:
+        ks = value if isinstance(value, list) else [value]
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("each k must be at least 1")
+        return value
+
+    @property
+    def ks(self) -> list[int]:
+        """Every k of pass@k, smallest first."""
+        return sorted(set(self.pass_k if isinstance(self.pass_k, list) else [self.pass_k]))
+
+    @property
+    def headline_k(self) -> int:
+        """The k that tables, plots and the end-of-run summary show: the largest."""
+        return self.ks[-1]
 
 
 class ControlTaskConfig(TaskSource):
@@ -360,9 +381,9 @@ class RunConfig(_Section):
     def _check(self) -> RunConfig:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise ValueError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-'")
-        if self.eval.samples and self.eval.pass_k > self.eval.samples:
-            raise ValueError(f"eval.pass_k: {self.eval.pass_k} is more than eval.samples ({self.eval.samples})")
-        metrics = ["greedy_accuracy"] + ([f"pass@{self.eval.pass_k}"] if self.eval.samples else [])
+        if self.eval.samples and self.eval.headline_k > self.eval.samples:
+            raise ValueError(f"eval.pass_k: {self.eval.headline_k} is more than eval.samples ({self.eval.samples})")
+        metrics = ["greedy_accuracy"] + ([f"pass@{k}" for k in self.eval.ks] if self.eval.samples else [])
         if self.stop.metric not in metrics:
             raise ValueError(f"stop.metric: {self.stop.metric!r} is not measured; choose one of {metrics}")
         if self.recipe == "spin" and self.train.init_from != "previous":

@@ -65,14 +65,17 @@ def greedy_metrics(
     }
 
 
-def sampled_metrics(verdicts: Sequence[Verdict], k: int) -> dict[str, Any]:
+def sampled_metrics(verdicts: Sequence[Verdict], k: int | Sequence[int]) -> dict[str, Any]:
+    """pass@k for each k (the unbiased estimator over each problem's samples) with its interval, and the share
+    of samples that pass."""
     per_problem: dict[str, list[bool]] = defaultdict(list)
     for v in verdicts:
         per_problem[v.problem_id].append(v.passed)
-    scores = [pass_at_k(len(r), sum(r), k) for r in per_problem.values()]
-    lo, hi = mean_interval(scores)
-    return {
-        f"pass@{k}": fmean(scores) if scores else 0.0,
-        f"pass@{k}_ci95": [lo, hi],
-        "sample_accuracy": fmean(v.passed for v in verdicts) if verdicts else 0.0,
-    }
+    out: dict[str, Any] = {}
+    for kk in ([k] if isinstance(k, int) else k):
+        scores = [pass_at_k(len(r), sum(r), kk) for r in per_problem.values()]
+        lo, hi = mean_interval(scores)
+        out[f"pass@{kk}"] = fmean(scores) if scores else 0.0
+        out[f"pass@{kk}_ci95"] = [lo, hi]
+    out["sample_accuracy"] = fmean(v.passed for v in verdicts) if verdicts else 0.0
+    return out

@@ -243,7 +243,7 @@ def execute(
         ctx.pool.release()
         ctx.rundir.unlock()
     print(f"\nFinished in {time.perf_counter() - start:.0f}s (this session). Metrics: {ctx.rundir.metrics_path}")
-    print(format_table(rows, cfg.eval.pass_k if cfg.eval.samples else None))
+    print(format_table(rows, cfg.eval.headline_k if cfg.eval.samples else None))
     if decision.action == "stop":
         print(f"Stopped after iteration {decision.iteration}: " + "; ".join(decision.reasons))
     print(f"Best iteration: {decision.best_iteration} ({decision.metric} {decision.best_value:.1%}); "

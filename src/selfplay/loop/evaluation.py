@@ -102,7 +102,7 @@ def measure(
         params = cfg.params(cfg.samples, seed)
         samples = [s for b in sample_batches(gen, problems, params, cfg.batch_size, desc=f"{desc} pass@k") for s in b]
         verdicts = _judge(verifier, problems, samples)
-        metrics.update(sampled_metrics(verdicts, cfg.pass_k))
+        metrics.update(sampled_metrics(verdicts, cfg.ks))
     return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
 
 
@@ -125,7 +125,7 @@ def measure_by_agreement(
     greedy_verdicts = [majority.verify_group(by_id[s.problem_id], [s], voters[s.problem_id])[0] for s in greedy]
     verdicts = _judge(majority, problems, samples)
     metrics = greedy_metrics(greedy, greedy_verdicts, stated_in_form(greedy))
-    metrics.update(sampled_metrics(verdicts, cfg.pass_k))
+    metrics.update(sampled_metrics(verdicts, cfg.ks))
     metrics["scored_by"] = AGREEMENT
     return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
 

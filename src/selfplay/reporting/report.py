@@ -324,7 +324,7 @@ def render(run_path: Path) -> str:
     rows = rundir.collect_metrics()  # read only: a running process may own the run
     evals = rundir.evaluations()
     state = rundir.read_state()
-    pass_k = f"pass@{cfg.eval.pass_k}" if cfg.eval.samples else None
+    pass_k = f"pass@{cfg.eval.headline_k}" if cfg.eval.samples else None
     best = state.get("best_iteration")
     summary = [
         f"<b>status</b>: {_esc(state.get('status', 'not started'))}",
