@@ -79,6 +79,40 @@ def test_rollouts_sample_the_live_lora_policy_as_generate_does(tiny_model):
     assert [d[0] for d in drawn] != [p[0] for p in plain], "the adapter changed nothing: the test would not see it"
 
 
+def test_scoring_only_the_completion_on_the_cpu_gives_trls_log_probabilities(tiny_model):
+    """The CPU speed-up (training/rl.py, _score_completions_only) changes which positions trl's fused LM head
+    projects, never the result: log-probabilities and entropies of the completion tokens are the same both ways,
+    and trl's private switch is put back afterwards."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from selfplay.training.rl import _score_completions_only
+
+    model = load_model(tiny_model, CPU)
+    add_fused_lm_head(model, temperature=0.8, outputs=("log_probs", "entropy"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded prompt
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-6] = -100  # only the last 6 tokens (the completion) are scored
+
+    def score():
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        return out.log_probs[:, -6:], out.entropy[:, -6:]
+
+    original = trl_utils._use_triton
+    with torch.no_grad():
+        every_position = score()
+        with _score_completions_only(CPU):
+            assert trl_utils._use_triton(torch.device("cpu"))
+            completion_only = score()
+    assert trl_utils._use_triton is original
+    for a, b in zip(every_position, completion_only, strict=True):
+        assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-5)
+
+
 def test_the_rl_guard_alarms_on_no_signal_truncation_and_entropy_collapse():
     steady = [{"step": s, "reward": 0.5, "frac_reward_zero_std": 0.1, "completions/clipped_ratio": 0.2,
                "entropy": 1.0, "kl": 0.01} for s in range(1, 5)]
