@@ -35,7 +35,7 @@ TINY_RUN = [
     "iterations=1", "task.train_size=4", "task.eval_size=4", "generate.samples_per_problem=2",
     "generate.max_new_tokens=6", "generate.batch_size=8", "eval.samples=2", "eval.pass_k=2", "eval.max_new_tokens=6",
     "train.batch_size=4", "train.epochs=1", "filter.drop_truncated=false", "guards.fresh_size=4",
-    "guards.embeddings=false",
+    "guards.embeddings=false", "rl.steps=2", "rl.prompts_per_step=2", "rl.num_generations=2",
     "guards.control=[{name: general_knowledge, path: 'builtin:general_knowledge', size: 4, one_shot: false, "
     "verifier: contains}]",
 ]

@@ -185,6 +185,7 @@ SHIPPED_SIZES = {
     "train.batch_size": 2, "guards.control": "[]", "guards.fresh_size": 0, "guards.embeddings": False,
     "star.samples": 1, "judge.samples": 1, "judge.max_new_tokens": 4, "constitution.critique_max_new_tokens": 4,
     "constitution.revision_max_new_tokens": 4, "teacher.max_new_tokens": 4,
+    "rl.steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
 }
 # The files the docs' examples name, as a reader would have them.
 FILES = {
@@ -327,6 +328,8 @@ def doc_config(cmd: Command, ws: Workspace) -> RunConfig | None:
     elif args.command == "eval":
         path = args.config
         overrides = [*(cli.task_overrides(args.task) if args.task else []), *args.overrides, *extra]
+    elif args.command == "train-rm":
+        path, overrides = None, [*args.overrides, *extra]
     else:
         return None
     overrides = [re.sub(r"\bmypkg\.\w+:", "tests.plugins:", o) for o in overrides]  # the guide's plugin module
@@ -580,9 +583,9 @@ CHECKS = [
     Row(r"selfplay reject runs/\S+", "run for real at the review gate", check_reject, True),
     Row(r"selfplay judge configs/\S+\.yaml", "run for real: the tiny model judges", check_judge, True),
     Row(r"selfplay sandbox \S+\.py --tests", "run for real: a correct add() against the tests", check_sandbox, False),
-    Row(r"selfplay \w+ .*\b(RUN|OUT|MODEL|NAME)\b", "shorthand in a sentence: subcommand, flags, config and "
+    Row(r"selfplay [\w-]+ .*\b(RUN|OUT|MODEL|NAME)\b", "shorthand in a sentence: subcommand, flags, config and "
         "overrides", check_shorthand, False),
-    Row(r"selfplay \w+$", "a bare mention: the subcommand exists", check_mention, False),
+    Row(r"selfplay [\w-]+$", "a bare mention: the subcommand exists", check_mention, False),
     Row(r"make \w+$", "the Makefile has the target (make -n)", check_make, False),
     Row(r"\.venv/bin/pytest -m ", "the marker is registered in pyproject.toml", check_marker, False),
     Row(r"pip install \S*selfplay\[", "the extra exists in pyproject.toml", check_extra, False),

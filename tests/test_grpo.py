@@ -126,6 +126,19 @@ def test_the_rl_guard_alarms_on_no_signal_truncation_and_entropy_collapse():
     assert any("KL" in n for n in no_kl.notes)
 
 
+def test_over_optimisation_fires_when_gold_turns_down_while_the_proxy_still_climbs():
+    from selfplay.guards.rl_signal import overoptimisation
+
+    rising = [{"step": s, "reward": 0.1 * s, "gold": 0.05 * s} for s in range(1, 13)]
+    assert overoptimisation(rising, 0.02)[1] is None
+    goodhart = [{"step": s, "reward": 0.1 * s, "gold": 0.05 * min(s, 6) - 0.04 * max(0, s - 6)} for s in range(1, 13)]
+    figures, alarm = overoptimisation(goodhart, 0.02)
+    assert alarm and "over-optimisation: after update" in alarm and figures["gold_peak_step"] <= 7
+    both_down = [{**s, "reward": 2.0 - 0.1 * s["step"]} for s in goodhart]
+    assert overoptimisation(both_down, 0.02)[1] is None  # the policy got worse at everything: not Goodhart
+    assert overoptimisation(goodhart[:4], 0.02) == ({}, None)  # too few updates to smooth
+
+
 @pytest.mark.parametrize("setting, message", [
     (["review.every=1"], "review.every: recipe grpo trains on its rollouts"),
     (["generate.backend=openai", "generate.options={launch: transformers}"], "generate.backend: openai cannot"),

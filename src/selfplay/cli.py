@@ -215,10 +215,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_rm(args: argparse.Namespace) -> int:
+    from selfplay import config as configlib
+    from selfplay.preferences import train_rm
+
+    cfg = configlib.load_config(None, args.overrides)
+    figures = train_rm(Path(args.pairs), Path(args.out), cfg, args.heldout, args.max_length, args.force)
+    acc = figures.get("accuracy")
+    held = (f"{acc:.1%} of {figures['heldout_pairs']} held-out pairs ranked right" if acc is not None
+            else "no pairs held out")
+    print(f"Reward model: {args.out} ({held}); figures in {Path(args.out) / 'rm_eval.json'}. Use it with "
+          f"verify.verifier=reward_model verify.options.path={args.out}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "report": cmd_report, "review": cmd_review,
     "approve": cmd_approve, "reject": cmd_reject, "export": cmd_export, "init": cmd_init, "judge": cmd_judge,
-    "sandbox": cmd_sandbox,
+    "sandbox": cmd_sandbox, "train-rm": cmd_train_rm,
 }
 
 
@@ -284,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a sandbox limit: timeout, cpu_seconds, memory_mb, processes, file_size_mb, open_files, "
                    "tmp_mb, output_kb, python (repeat for several)")
+
+    p = sub.add_parser("train-rm", help="train a reward model on preference pairs ({prompt, chosen, rejected} "
+                       "JSONL, e.g. a run's pairs.jsonl) with trl's RewardTrainer")
+    p.add_argument("pairs", metavar="PAIRS.jsonl")
+    p.add_argument("out", metavar="OUT", help="the folder for the reward model (and rm_eval.json)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="model.path (the start model), train.* (method, learning_rate, epochs, batch_size), seed")
+    p.add_argument("--heldout", type=float, default=0.1, help="share of pairs held out to measure accuracy (0.1)")
+    p.add_argument("--max-length", type=int, default=1024, help="longest prompt + answer in tokens (1024)")
+    p.add_argument("--force", action="store_true", help="replace a reward model already in OUT")
 
     p = sub.add_parser("init", help="write a commented starter config")
     p.add_argument("path", nargs="?", default="selfplay.yaml")

@@ -141,7 +141,8 @@ class VerifyConfig(_Section):
         "auto",
         description="'auto' (the task's own checker), 'reasoning_gym', 'math', 'contains', 'ifeval', 'majority' (the "
         "model's own majority answer over its k samples: no labels needed; options min_agreement, equal), 'judge' "
-        "(an LLM judge, set in the judge: section), or a user's factory 'module:attr', called as "
+        "(an LLM judge, set in the judge: section), 'reward_model' (a model `selfplay train-rm` trained; options path, "
+        "threshold), or a user's factory 'module:attr', called as "
         "factory(options, run).",
     )
     strict_format: bool = Field(
@@ -354,7 +355,8 @@ class RunConfig(_Section):
         "hinted retries of unsolved problems), 'self_rewarding' (own judge, best-vs-worst pairs, DPO), 'spin' "
         "(demonstration chosen, own answer rejected, DPO), 'sft' (the demonstrations, supervised), 'distill' (a "
         "teacher's answers, supervised), 'constitutional' (critique and revision by written principles, then SFT or "
-        "DPO), 'grpo' (online RL against the verifiers: trl's GRPO or RLOO) or a user's 'module:attr'."
+        "DPO), 'grpo' (online RL against the verifiers: trl's GRPO or RLOO), 'rlaif' (AI preference pairs by the "
+        "constitution, a reward model trained on them, and grpo against it) or a user's 'module:attr'."
     )
     iterations: int = Field(2, ge=1, le=MAX_ITERATIONS, description=f"Iterations to run (capped at {MAX_ITERATIONS}).")
     seed: int = Field(0, description="Seed for sampling and training.")

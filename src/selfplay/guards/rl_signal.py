@@ -66,3 +66,28 @@ def audit(steps: Sequence[dict[str, Any]], min_signal: float, min_entropy_ratio:
     if "kl_last" not in figures:
         notes.append("KL to the start model is not measured (rl.beta: 0 loads no reference model)")
     return GuardResult("alarm" if alarms else "ok", alarms, notes, figures)
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    return [sum(values[max(0, k - window + 1): k + 1]) / len(values[max(0, k - window + 1): k + 1])
+            for k in range(len(values))]
+
+
+def overoptimisation(steps: Sequence[dict[str, Any]], margin: float, window: int = 3) -> tuple[dict[str, Any],
+                                                                                             str | None]:
+    """Goodhart within an iteration: gold (the checker's pass rate on the rollouts) past its peak and falling while
+    the proxy (the summed reward the policy climbs) still rises. Both are smoothed over `window` updates."""
+    pts = [(int(s["step"]), float(s["reward"]), float(s["gold"])) for s in steps
+           if s.get("reward") is not None and s.get("gold") is not None]
+    if len(pts) < 2 * window:
+        return {}, None
+    proxy, gold = _smooth([p[1] for p in pts], window), _smooth([p[2] for p in pts], window)
+    peak = max(range(len(gold)), key=lambda k: gold[k])
+    figures = {"gold_peak_step": pts[peak][0], "gold_peak": gold[peak], "gold_end": gold[-1],
+               "proxy_at_gold_peak": proxy[peak], "proxy_end": proxy[-1]}
+    drop, rise = gold[peak] - gold[-1], proxy[-1] - proxy[peak]
+    if drop >= margin and rise > 0:
+        return figures, (f"over-optimisation: after update {pts[peak][0]} the gold pass rate on the rollouts fell "
+                         f"{drop:.1%} from its peak ({gold[peak]:.1%} to {gold[-1]:.1%}) while the proxy reward still "
+                         f"rose by {rise:.3f}: the policy is exploiting the proxy")
+    return figures, None

@@ -181,7 +181,14 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
     g = ctx.cfg.guards
     if ctx.gold is None:
         return GuardResult("n/a", notes=["no gold checker (guards.gold_verifier is null)"])
+    steps_file = ctx.rundir.iter_dir(i) / rl_signal.STEPS_FILE
+    # Online RL: the reward the policy climbs and gold, on the same rollouts, update by update.
+    steps, step_alarm = rl_signal.overoptimisation(read_jsonl(steps_file), g.hack_margin) if (
+        i > 0 and steps_file.is_file()) else ({}, None)
     if ctx.gold.name == ctx.verifier.name:
+        if steps:  # the held-out proxy is gold itself, but RL's rewards may not be (a reward model)
+            return GuardResult("alarm" if step_alarm else "ok", [step_alarm] if step_alarm else [], [],
+                               {"gold": ctx.gold.name, "rl_steps": steps})
         return GuardResult("n/a", notes=[
             f"the run trains on its gold checker ({ctx.gold.name}); there is no proxy to audit"])
     proxy = _judge(ctx.verifier, ctx.heldout, proxy_samples)
@@ -201,6 +208,9 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
         passed = [v.passed for v in _judge(ctx.gold, ctx.labelled_train, kept)]
         result["train_gold_precision"] = sum(passed) / len(passed) if passed else None
         result["train_examples"] = len(passed)
+    if steps:
+        result["rl_steps"] = steps
+        alarms += [step_alarm] if step_alarm else []
     return GuardResult("alarm" if alarms else "ok", alarms, [], result)
 
 

@@ -8,7 +8,7 @@ CHECKS holds a built-in recipe's own check, `check(cfg, task, train_problems)`, 
 anything is written: it refuses in one line a task or setting the recipe cannot run with.
 """
 
-from selfplay.recipes import constitutional, distill, grpo, rft, self_rewarding, sft, spin, star
+from selfplay.recipes import constitutional, distill, grpo, rft, rlaif, self_rewarding, sft, spin, star
 
 RECIPES = {
     "rft": rft.run_iteration,
@@ -19,6 +19,7 @@ RECIPES = {
     "distill": distill.run_iteration,
     "constitutional": constitutional.run_iteration,
     "grpo": grpo.run_iteration,
+    "rlaif": rlaif.run_iteration,
 }
 
 CHECKS = {
@@ -28,6 +29,7 @@ CHECKS = {
     "distill": distill.check,
     "constitutional": constitutional.check,
     "grpo": grpo.check,
+    "rlaif": rlaif.check,
 }
 
 __all__ = ["CHECKS", "RECIPES"]

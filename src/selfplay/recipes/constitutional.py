@@ -402,6 +402,13 @@ def check(cfg: Any, task: Any, train: Sequence[Problem]) -> None:
 
 
 def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
+    supervised = training_data(ctx, i, source)
+    removed = ctx.review(i)
+    return ctx.train(i, SFT() if supervised else DPO(), ctx.init_model(source), source, removed)
+
+
+def training_data(ctx: RunContext, i: int, source: Path) -> bool:
+    """The stages up to the filter: train.jsonl (supervised) or pairs.jsonl (preference). True when supervised."""
     cfg = ctx.cfg
     c: ConstitutionConfig = cfg.constitution
     judged = c.phase == "preference" and c.pairs == "judged"
@@ -447,5 +454,4 @@ def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
 
     supervised = c.phase == "supervised"
     ctx.select(i, ctx.train_problems, select, Example if supervised else Pair)
-    removed = ctx.review(i)
-    return ctx.train(i, SFT() if supervised else DPO(), ctx.init_model(source), source, removed)
+    return supervised

@@ -89,10 +89,10 @@ class RolloutLog:
     Rows carry their step, so a resumed stage drops those after its checkpoint before it appends again.
     """
 
-    def __init__(self, it_dir: Path):
-        self.it_dir = it_dir
-        self.samples = it_dir / "samples.partial.jsonl"
-        self.verdicts = it_dir / "verdicts.partial.jsonl"
+    def __init__(self, it_dir: Path, samples: str = "samples", verdicts: str = "verdicts"):
+        self.it_dir, self.names = it_dir, (f"{samples}.jsonl", f"{verdicts}.jsonl")
+        self.samples = it_dir / f"{samples}.partial.jsonl"
+        self.verdicts = it_dir / f"{verdicts}.partial.jsonl"
         self.steps = it_dir / "rl-steps.partial.jsonl"
         self.gold: dict[int, float] = {}  # step -> the gold checker's pass rate on its rollouts
 
@@ -123,8 +123,7 @@ class RolloutLog:
             f.write_many([{**row, **({"gold": gold} if gold is not None else {})}])
 
     def finish(self) -> None:
-        for partial, name in ((self.samples, "samples.jsonl"), (self.verdicts, "verdicts.jsonl"),
-                              (self.steps, STEPS_FILE)):
+        for partial, name in ((self.samples, self.names[0]), (self.verdicts, self.names[1]), (self.steps, STEPS_FILE)):
             partial.touch()
             partial.replace(self.it_dir / name)
 
@@ -216,14 +215,19 @@ def build_rewards(ctx: RunContext) -> list[tuple[str, Verifier, float]]:
     return out
 
 
-def rl_stage(ctx: RunContext, i: int, source: Path) -> dict[str, Any]:
+def rl_stage(ctx: RunContext, i: int, source: Path, named: list[tuple[str, Verifier, float]] | None = None,
+             samples: str = "samples", verdicts: str = "verdicts") -> dict[str, Any]:
+    """`rl.steps` updates from `source` into iteration `i`'s model/; `named` replaces the rl.rewards entries.
+
+    The rollouts go to `<samples>.jsonl` and their rewards to `<verdicts>.jsonl` (other names when an earlier stage of
+    the iteration wrote samples.jsonl: rlaif's AI-preference answers)."""
     from selfplay.training.rl import train_rl
 
     cfg = ctx.cfg
     it_dir = ctx.rundir.iter_dir(i)
     out_dir, work_dir = it_dir / "model", it_dir / "trainer"
-    log = RolloutLog(it_dir)
-    files = {"samples_file": "samples.jsonl", "verdicts_file": "verdicts.jsonl", "steps_file": STEPS_FILE}
+    log = RolloutLog(it_dir, samples, verdicts)
+    files = {"samples_file": f"{samples}.jsonl", "verdicts_file": f"{verdicts}.jsonl", "steps_file": STEPS_FILE}
     if (out_dir / "config.json").is_file():  # killed after the merged model was in place, before the summary
         print(f"{it_dir.name}/rl: model/ is already complete; not training again", flush=True)
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -233,7 +237,8 @@ def rl_stage(ctx: RunContext, i: int, source: Path) -> dict[str, Any]:
     name, rollout = _rollout(ctx)
     labelled = {p.id: p for p in ctx.labelled_train}
     gold = ctx.gold if ctx.gold is not None and not ctx.unlabelled else None
-    rewards = Rewards(build_rewards(ctx), {p.id: p for p in ctx.train_problems}, log, gold, labelled, str(source))
+    rewards = Rewards(named or build_rewards(ctx), {p.id: p for p in ctx.train_problems}, log, gold, labelled,
+                      str(source))
     prompts = [{"prompt": p.chat(), "problem_id": p.id} for p in ctx.train_problems]
     sampling = cfg.generate.params(cfg.rl.num_generations, cfg.seed + 1000 * i)
     ctx.pool.release()  # the trainer loads its own copy of the policy

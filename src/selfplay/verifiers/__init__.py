@@ -26,6 +26,8 @@ from selfplay.verifiers.majority import NAME as MAJORITY
 from selfplay.verifiers.majority import MajorityVerifier
 from selfplay.verifiers.math import MathVerifier
 from selfplay.verifiers.reasoning_gym import ReasoningGymVerifier
+from selfplay.verifiers.reward_model import NAME as REWARD_MODEL
+from selfplay.verifiers.reward_model import RewardModelVerifier
 
 __all__ = ["LABEL_READERS", "MAJORITY", "VERIFIERS", "Verifier", "build_verifier", "extract_answer", "reads_labels",
            "verify_all"]
@@ -33,7 +35,7 @@ __all__ = ["LABEL_READERS", "MAJORITY", "VERIFIERS", "Verifier", "build_verifier
 # Built-ins take their options as keyword arguments, plus the answer-format setting.
 VERIFIERS = {
     "reasoning_gym": ReasoningGymVerifier, "math": MathVerifier, "contains": ContainsVerifier, "ifeval": IfEvalVerifier,
-    "code": CodeVerifier, MAJORITY: MajorityVerifier,
+    "code": CodeVerifier, MAJORITY: MajorityVerifier, REWARD_MODEL: RewardModelVerifier,
 }
 
 # Built-ins that check a sample against the problem's answer (its reference, a reasoning-gym entry's answer, a code
