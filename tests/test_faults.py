@@ -49,7 +49,7 @@ def test_a_refused_atomic_write_removes_its_temporary_file_and_keeps_the_old_one
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("limit, where", [
-    (3000, "iter-000/eval_sampled.jsonl: cannot write (File too large)"),  # our own atomic write
+    (3500, "iter-000/eval.json: cannot write (File too large)"),  # our own atomic write (config.yaml is ~3.1 KB)
     (60000, "iter-001: cannot write (training: File too large)"),  # the trainer's checkpoint (safetensors)
 ])
 def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(tiny_model, sums_jsonl, tmp_path, limit, where):

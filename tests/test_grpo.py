@@ -143,7 +143,7 @@ def test_over_optimisation_fires_when_gold_turns_down_while_the_proxy_still_clim
     (["review.every=1"], "review.every: recipe grpo trains on its rollouts"),
     (["generate.backend=openai", "generate.options={launch: transformers}"], "generate.backend: openai cannot"),
     (["rl.options={no_such_setting: 1}"], "rl.options: no_such_setting is not a setting of trl's GRPOConfig"),
-    (["rl.prompts_per_step=50"], "rl.prompts_per_step: 50 is more than the 12 training problems"),
+    (["rl.prompts_per_step=48"], "rl.prompts_per_step: 48 is more than the 12 training problems"),
 ])
 def test_what_grpo_cannot_run_is_one_line_and_writes_nothing(tiny_model, sums40, tmp_path, setting, message):
     result = run_cli("run", *grpo_overrides(tiny_model, sums40, tmp_path), *setting)
@@ -225,7 +225,7 @@ def test_a_reward_that_never_differs_in_a_group_raises_the_no_signal_alarm(tiny_
 @pytest.mark.e2e
 def test_sigkill_in_the_middle_of_rl_resumes_to_the_rewards_and_rollouts_of_an_unbroken_run(tiny_model, sums40,
                                                                                            tmp_path):
-    extra = {"rl.steps": 6, "train.checkpoint_every": 2, "generate.max_new_tokens": 12}
+    extra = {"rl.steps": 4, "train.checkpoint_every": 2, "generate.max_new_tokens": 8}
     whole = run_cli("run", *grpo_overrides(tiny_model, sums40, tmp_path / "a", **extra))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -240,10 +240,10 @@ def test_sigkill_in_the_middle_of_rl_resumes_to_the_rewards_and_rollouts_of_an_u
     assert "resuming from step" in resumed.stdout
 
     a, b = _steps(tmp_path / "a" / "g"), _steps(run)
-    assert [s["step"] for s in b] == [1, 2, 3, 4, 5, 6]  # nothing doubled, nothing lost
+    assert [s["step"] for s in b] == [1, 2, 3, 4]  # nothing doubled, nothing lost
     for x, y in zip(a, b, strict=True):
         assert math.isclose(x["reward"], y["reward"], rel_tol=1e-5, abs_tol=1e-6), (x, y)
     texts = lambda r: [(s["id"], s["completion"]) for s in read_jsonl(r / "iter-001" / "samples.jsonl")]  # noqa: E731
     assert texts(run) == texts(tmp_path / "a" / "g")
     summary = json.loads((run / "iter-001" / "rl.json").read_text())
-    assert summary["resumed_from"] and summary["resumed_from"].endswith(("checkpoint-2", "checkpoint-4"))
+    assert summary["resumed_from"] and summary["resumed_from"].endswith("checkpoint-2")
