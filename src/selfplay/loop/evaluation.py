@@ -177,14 +177,13 @@ def _mode_collapse(ctx: RunContext, samples: list[Sample], base: GuardResult | N
     return GuardResult("alarm" if alarms else "ok", alarms, notes, found)
 
 
-def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], history: list[Evaluation]) -> GuardResult:
+def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], history: list[Evaluation],
+                    rl_steps: list[dict[str, Any]]) -> GuardResult:
     g = ctx.cfg.guards
     if ctx.gold is None:
         return GuardResult("n/a", notes=["no gold checker (guards.gold_verifier is null)"])
-    steps_file = ctx.rundir.iter_dir(i) / rl_signal.STEPS_FILE
     # Online RL: the reward the policy climbs and gold, on the same rollouts, update by update.
-    steps, step_alarm = rl_signal.overoptimisation(read_jsonl(steps_file), g.hack_margin) if (
-        i > 0 and steps_file.is_file()) else ({}, None)
+    steps, step_alarm = rl_signal.overoptimisation(rl_steps, g.hack_margin) if i > 0 and rl_steps else ({}, None)
     if ctx.gold.name == ctx.verifier.name:
         if steps:  # the held-out proxy is gold itself, but RL's rewards may not be (a reward model)
             return GuardResult("alarm" if step_alarm else "ok", [step_alarm] if step_alarm else [], [],
@@ -291,13 +290,14 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     guards = result.guards
     # Runs started before a guard existed have no figures for it: that guard then starts from this iteration.
     guards["mode_collapse"] = _mode_collapse(ctx, diverse, base.guard("mode_collapse") if base else None, seed)
-    guards["reward_hacking"] = _reward_hacking(ctx, i, heldout.greedy + heldout.sampled, history)
+    steps_file = it_dir / rl_signal.STEPS_FILE  # online RL's updates, when the recipe ran any
+    rl_steps = read_jsonl(steps_file) if steps_file.is_file() else []
+    guards["reward_hacking"] = _reward_hacking(ctx, i, heldout.greedy + heldout.sampled, history, rl_steps)
     guards["pseudo_labels"] = pseudo_label_guard(ctx, i, heldout.sampled)
     if _wants_win_rate(ctx) and i > 0:
         guards["win_rate"] = _win_rate(ctx, heldout.greedy, seed)
-    if (it_dir / rl_signal.STEPS_FILE).is_file():  # online RL: its updates' signal, entropy and truncation
-        guards["rl"] = rl_signal.audit(read_jsonl(it_dir / rl_signal.STEPS_FILE), cfg.rl.min_signal,
-                                       cfg.rl.min_entropy_ratio)
+    if steps_file.is_file():  # online RL: its updates' signal, entropy and truncation
+        guards["rl"] = rl_signal.audit(rl_steps, cfg.rl.min_signal, cfg.rl.min_entropy_ratio)
 
     filter_summary = it_dir / "filter.json"
     dropped = read_json(filter_summary).get("contaminated", 0) if filter_summary.is_file() else 0

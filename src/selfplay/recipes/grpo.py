@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.files import JsonlAppender, atomic_write_jsonl, read_jsonl, recover_partial_jsonl
+from selfplay.files import JsonlAppender, atomic_write_jsonl, recover_partial_jsonl
 from selfplay.guards.rl_signal import STEPS_FILE
 from selfplay.interfaces import SamplingParams
 from selfplay.loop.context import RunContext
@@ -162,19 +162,21 @@ class Rewards:
             step = trainer_state.global_step + 1  # the update these rollouts feed
             if k == 0:
                 samples = self._samples(step, problem_id, completions, completion_ids, stopped)
-                self._batch = {"samples": samples, "verdicts": []}
+                self._batch = {"samples": samples, "verdicts": [], "scores": []}
             samples = self._batch["samples"]
             verdicts = verify_all(verifier, [(self.problems[s.problem_id], s) for s in samples])
-            self._batch["verdicts"].append(verdicts)
             scores = [None if _unparsed(v) else float(v.score) for v in verdicts]
+            self._batch["verdicts"].append(verdicts)
+            self._batch["scores"].append(scores)
             if k == len(self.named) - 1:
-                self._record(step, samples, self._batch["verdicts"])
+                self._record(step, samples, self._batch["verdicts"], self._batch["scores"])
             return scores
 
         reward.__name__ = name  # trl logs rewards/NAME/mean and /std
         return reward
 
-    def _record(self, step: int, samples: list[Sample], per_function: list[list[Verdict]]) -> None:
+    def _record(self, step: int, samples: list[Sample], per_function: list[list[Verdict]],
+                scored: list[list[float | None]]) -> None:
         gold = None
         if self.gold is not None:
             gold = verify_all(self.gold, [(self.labelled[s.problem_id], s) for s in samples])
@@ -182,8 +184,7 @@ class Rewards:
         verdicts = []
         for j, s in enumerate(samples):
             first = per_function[0][j]
-            scores = {n: (None if _unparsed(vs[j]) else float(vs[j].score))
-                      for (n, _, _), vs in zip(self.named, per_function, strict=True)}
+            scores = {n: column[j] for (n, _, _), column in zip(self.named, scored, strict=True)}
             total = sum(w * scores[n] for n, _, w in self.named if scores[n] is not None)
             details = {**(first.details or {}), "step": step, "rewards": scores}
             if gold is not None:
@@ -255,10 +256,4 @@ def rl_stage(ctx: RunContext, i: int, source: Path, named: list[tuple[str, Verif
 def run_iteration(ctx: RunContext, i: int, source: Path) -> Path:
     summary = ctx.stage(i, "rl", lambda: rl_stage(ctx, i, source))
     return ctx.rundir.iter_dir(i) / summary["model"]
-
-
-def read_steps(it_dir: Path) -> list[dict[str, Any]]:
-    """The per-step figures of an iteration's RL stage (empty when it ran none)."""
-    path = it_dir / STEPS_FILE
-    return read_jsonl(path) if path.is_file() else []
 

@@ -6,6 +6,7 @@ rollouts) and the rollouts themselves (samples.jsonl, verdicts.jsonl). Model tex
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from selfplay.files import read_json, read_jsonl
@@ -40,8 +41,8 @@ def _plots(steps: list[dict[str, Any]]) -> list[str]:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def bounds(ax) -> None:  # where each iteration begins
-        for s in steps[1:]:
-            if s["iteration"] != steps[steps.index(s) - 1]["iteration"]:
+        for before, s in pairwise(steps):
+            if s["iteration"] != before["iteration"]:
                 ax.axvline(s["x"] - 0.5, color="#999", lw=0.8, ls=":")
 
     def rewards(ax):
