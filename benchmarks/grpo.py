@@ -12,7 +12,8 @@ of updates for each.
 
 default, chain_sum: both recipes as shipped on the task, one after the other, with the cumulative wall time at each
 iteration, so they can be compared at equal wall time: held-out greedy accuracy, pass@4, never-solved problems, the
-control tasks and distinct-2, and for grpo the last update's reward and KL. With --pass-k, the base model, the best
+control tasks and distinct-2, and for grpo the last update's reward and KL. `--rft-iterations 5` gives RFT about
+the wall time of configs/grpo.yaml's two iterations. With --pass-k, the base model, the best
 RFT and the best GRPO iteration are evaluated again with enough samples for the largest k (unbiased estimator).
 
 It prints markdown tables and writes nothing into docs/BENCHMARKS.md: the results there are written by hand, with
@@ -78,9 +79,11 @@ def _rows(run_dir: Path) -> list[dict[str, Any]]:
 def compare(name: str, extra: list[str], args: argparse.Namespace) -> tuple[str, dict[str, Path]]:
     runs: dict[str, Path] = {}
     for recipe, config in (("rft", "rft-default.yaml"), ("grpo", "grpo.yaml")):
+        # RFT's iterations are cheaper than GRPO's: more of them fill the same wall time.
+        more = [f"iterations={args.rft_iterations}"] if recipe == "rft" and args.rft_iterations else []
         cfg = load_config(ROOT / "configs" / config, [
             *(TINY_RUN if args.smoke else []), *([f"model.path={args.model}"] if args.model else []),
-            f"name=bench-grpo-{name}-{recipe}", f"output_dir={args.output_dir}", *extra, *args.overrides])
+            f"name=bench-grpo-{name}-{recipe}", f"output_dir={args.output_dir}", *extra, *more, *args.overrides])
         print(f"\n== {name}: {recipe} ({config} {' '.join(extra)})", flush=True)
         run(cfg)
         runs[recipe] = Path(cfg.run_dir)
@@ -127,6 +130,8 @@ def main() -> None:
     parser.add_argument("--only", choices=MEASUREMENTS, action="append", help="run only these measurements")
     parser.add_argument("--updates", type=int, default=3, help="updates per sampler in the rollouts measurement")
     parser.add_argument("--pass-k", help="after a comparison, pass@k of base, best RFT and best GRPO, e.g. 1,8,64")
+    parser.add_argument("--rft-iterations", type=int,
+                        help="RFT's iteration cap in the comparisons (e.g. 5, to fill GRPO's wall time)")
     parser.add_argument("--output-dir", help="where the runs' folders go (runs/; with --smoke a scratch folder)")
     add_flags(parser)
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
