@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,21 @@ def test_over_optimisation_fires_when_gold_turns_down_while_the_proxy_still_clim
     both_down = [{**s, "reward": 2.0 - 0.1 * s["step"]} for s in goodhart]
     assert overoptimisation(both_down, 0.02)[1] is None  # the policy got worse at everything: not Goodhart
     assert overoptimisation(goodhart[:4], 0.02) == ({}, None)  # too few updates to smooth
+    # With the count of rollouts behind each pass rate, a fall must also clear the noise of those counts.
+    few = [{**s, "gold_n": 4} for s in goodhart]  # 4 rollouts an update: a 20-point fall is noise
+    figures, alarm = overoptimisation(few, 0.02)
+    assert alarm is None and "inside the noise" in figures["note"] and figures["gold_drop_noise"] > 0.3
+    many = [{**s, "gold_n": 4096} for s in goodhart]
+    figures, alarm = overoptimisation(many, 0.02)
+    assert alarm and figures["gold_drop_noise"] < 0.05
+    # A flat gold curve of 40 updates of 64 rollouts, sampled: the best window's lead over the last is noise.
+    rng = random.Random(0)
+    false_alarms = 0
+    for _ in range(200):
+        flat = [{"step": s, "reward": 0.01 * s, "gold": sum(rng.random() < 0.3 for _ in range(64)) / 64,
+                 "gold_n": 64} for s in range(1, 41)]
+        false_alarms += overoptimisation(flat, 0.02)[1] is not None
+    assert false_alarms <= 10  # <= 5%; with the margin alone almost every flat run would alarm
 
 
 @pytest.mark.parametrize("setting, message", [

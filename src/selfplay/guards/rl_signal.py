@@ -73,20 +73,37 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
             for k in range(len(values))]
 
 
-def overoptimisation(steps: Sequence[dict[str, Any]], margin: float, window: int = 3) -> tuple[dict[str, Any],
-                                                                                             str | None]:
+def overoptimisation(steps: Sequence[dict[str, Any]], margin: float, window: int = 3, z: float = 3.0) -> tuple[
+        dict[str, Any], str | None]:
     """Goodhart within an iteration: gold (the checker's pass rate on the rollouts) past its peak and falling while
-    the proxy (the summed reward the policy climbs) still rises. Both are smoothed over `window` updates."""
-    pts = [(int(s["step"]), float(s["reward"]), float(s["gold"])) for s in steps
+    the proxy (the summed reward the policy climbs) still rises. Both are smoothed over `window` updates.
+
+    The fall must pass `margin` and, where the steps say how many rollouts each pass rate counts (`gold_n`), `z`
+    standard errors of the difference of the two windows' pass rates. The peak is the best of many noisy windows, so
+    even a flat curve shows a fall of one or two standard errors from it; three keeps false alarms rare (about 2% on
+    a flat curve of 40 updates), and a run with few rollouts per update is told its fall is inside the noise.
+    """
+    pts = [(int(s["step"]), float(s["reward"]), float(s["gold"]), s.get("gold_n")) for s in steps
            if s.get("reward") is not None and s.get("gold") is not None]
     if len(pts) < 2 * window:
         return {}, None
     proxy, gold = _smooth([p[1] for p in pts], window), _smooth([p[2] for p in pts], window)
     peak = max(range(len(gold)), key=lambda k: gold[k])
-    figures = {"gold_peak_step": pts[peak][0], "gold_peak": gold[peak], "gold_end": gold[-1],
-               "proxy_at_gold_peak": proxy[peak], "proxy_end": proxy[-1]}
+    figures: dict[str, Any] = {"gold_peak_step": pts[peak][0], "gold_peak": gold[peak], "gold_end": gold[-1],
+                               "proxy_at_gold_peak": proxy[peak], "proxy_end": proxy[-1]}
     drop, rise = gold[peak] - gold[-1], proxy[-1] - proxy[peak]
+    noise = None
+    if all(p[3] for p in pts):
+        n_peak = sum(p[3] for p in pts[max(0, peak - window + 1): peak + 1])
+        n_end = sum(p[3] for p in pts[-window:])
+        var = gold[peak] * (1 - gold[peak]) / n_peak + gold[-1] * (1 - gold[-1]) / n_end
+        noise = figures["gold_drop_noise"] = z * max(var, 0.25 / (n_peak + n_end)) ** 0.5
     if drop >= margin and rise > 0:
+        if noise is not None and drop < noise:
+            figures["note"] = (f"gold fell {drop:.1%} from its peak at update {pts[peak][0]} while the proxy rose, "
+                               f"inside the noise of its rollouts ({noise:.1%} = {z:g} standard errors); more "
+                               "rollouts per update (rl.prompts_per_step, rl.num_generations) resolve smaller falls")
+            return figures, None
         return figures, (f"over-optimisation: after update {pts[peak][0]} the gold pass rate on the rollouts fell "
                          f"{drop:.1%} from its peak ({gold[peak]:.1%} to {gold[-1]:.1%}) while the proxy reward still "
                          f"rose by {rise:.3f}: the policy is exploiting the proxy")

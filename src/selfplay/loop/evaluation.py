@@ -184,9 +184,10 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
         return GuardResult("n/a", notes=["no gold checker (guards.gold_verifier is null)"])
     # Online RL: the reward the policy climbs and gold, on the same rollouts, update by update.
     steps, step_alarm = rl_signal.overoptimisation(rl_steps, g.hack_margin) if i > 0 and rl_steps else ({}, None)
+    step_notes = [steps.pop("note")] if "note" in steps else []  # a fall inside the rollouts' noise
     if ctx.gold.name == ctx.verifier.name:
         if steps:  # the held-out proxy is gold itself, but RL's rewards may not be (a reward model)
-            return GuardResult("alarm" if step_alarm else "ok", [step_alarm] if step_alarm else [], [],
+            return GuardResult("alarm" if step_alarm else "ok", [step_alarm] if step_alarm else [], step_notes,
                                {"gold": ctx.gold.name, "rl_steps": steps})
         return GuardResult("n/a", notes=[
             f"the run trains on its gold checker ({ctx.gold.name}); there is no proxy to audit"])
@@ -210,7 +211,7 @@ def _reward_hacking(ctx: RunContext, i: int, proxy_samples: list[Sample], histor
     if steps:
         result["rl_steps"] = steps
         alarms += [step_alarm] if step_alarm else []
-    return GuardResult("alarm" if alarms else "ok", alarms, [], result)
+    return GuardResult("alarm" if alarms else "ok", alarms, step_notes, result)
 
 
 def _wants_win_rate(ctx: RunContext) -> bool:
