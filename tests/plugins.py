@@ -141,6 +141,29 @@ def recording_backend(model_path, where, log: str, delay: float = 0.0):
     return Recording()
 
 
+def slow_backend(model_path, where, delay: float = 0.2):
+    """The continuous backend, `delay` seconds slower per batch (before it is handed back), so a test's SIGKILL
+    lands while a Ray worker is busy generating; the samples are the continuous backend's own."""
+    from selfplay.generation import continuous_backend
+
+    inner = continuous_backend(model_path, where)
+
+    class Slow:
+        model_name = inner.model_name
+
+        def generate(self, problems, params, batch_size):
+            import time
+
+            for batch in inner.generate(problems, params, batch_size):
+                time.sleep(delay)
+                yield batch
+
+        def close(self):
+            inner.close()
+
+    return Slow()
+
+
 # -- a task: factory(section, train_size, eval_size) -> Task -----------------------------------------
 class CountingTask:
     """Open-ended prompts with no answer-line instruction, from the section's `params` ('count' problems)."""

@@ -170,7 +170,7 @@ class TemperatureTopP:
         return logits
 
 
-def test_samples_are_whole_problems_reproducible_and_seeded_whatever_the_rows(stopping_model):
+def test_samples_are_whole_problems_reproducible_and_seeded_per_sample_whatever_the_rows(stopping_model):
     gen = build_generator("continuous", stopping_model, WHERE, {})
     params = SamplingParams(n=5, temperature=1.2, top_p=0.9, max_new_tokens=8, seed=11)
     # fewer rows than samples of one problem: a problem's samples are spread over several admissions
@@ -182,6 +182,11 @@ def test_samples_are_whole_problems_reproducible_and_seeded_whatever_the_rows(st
     assert all((reason == "length") == (n == 8) for _, n, reason in first.values())
     assert {reason for _, _, reason in first.values()} == {"stop", "length"}
     assert _texts(gen, PROBLEMS, params, 2) == first
+    # Each sample has its own stream (seed, problem id, sample index): other rows, another order, a subset of the
+    # problems (what a Ray worker or a resumed stage draws) give every problem the same samples.
+    assert _texts(gen, PROBLEMS, params, 7) == first
+    some = PROBLEMS[::-3]
+    assert _texts(gen, some, params, 3) == {k: v for k, v in first.items() if k.split("/")[0] in {p.id for p in some}}
     assert _texts(gen, PROBLEMS, SamplingParams(5, 1.2, 0.9, 8, seed=12), 2) != first
     assert len({first[f"p0/s{k}"][0] for k in range(5)}) > 1
 

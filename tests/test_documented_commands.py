@@ -513,6 +513,15 @@ def check_mention(cmd: Command, ws: Workspace) -> None:
     assert cmd.args[0] in cli.COMMANDS  # and `selfplay SUB --help` works, as for every command
 
 
+def check_ray_start(cmd: Command, ws: Workspace) -> None:
+    exe = Path(sys.executable).parent / "ray"
+    assert exe.is_file(), "Ray's CLI is not installed (pip install 'selfplay[ray]')"
+    proc = subprocess.run([str(exe), "start", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for flag in (a.split("=", 1)[0] for a in cmd.argv[2:] if a.startswith("--")):
+        assert flag in proc.stdout, f"ray start --help has no {flag}"
+
+
 def check_make(cmd: Command, ws: Workspace) -> None:
     target = cmd.argv[1]
     proc = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
@@ -569,6 +578,10 @@ CHECKS = [
         "tests/plugins.py's, which tests/test_plugins.py runs", check_plugin_recipe, False),
     Row(r"selfplay run my\.yaml", "run for real on the tiny model (2 iterations, a review gate at iteration 1), "
         "killed by SIGKILL at the gate", check_user_run, True),
+    Row(r"selfplay run configs/\S+\.yaml .*\b(scale\.|train\.launcher)", "config and overrides validated (the "
+        "cluster, GPUs and ranks it names are not here; tests/test_scale.py and tests/test_launch.py run Ray and "
+        "accelerate for real)", check_shorthand, False),
+    Row(r"ray start ", "Ray's CLI is installed and takes every flag shown", check_ray_start, False),
     Row(r"selfplay run configs/\S+\.yaml$", "run for real: one iteration of the shipped config at tiny sizes "
         "(a distillation teacher's URL replaced by a local folder)", check_shipped_run, True),
     Row(r"selfplay resume runs/\S+$", "run for real: the killed run, approved, resumed to its end", check_resume, True),

@@ -23,6 +23,7 @@ from selfplay.config.recipes import (
     StarConfig,
     TeacherConfig,
 )
+from selfplay.config.scale import ScaleConfig
 from selfplay.errors import UserError
 from selfplay.interfaces import SamplingParams
 
@@ -191,6 +192,14 @@ class TrainConfig(_Section):
     max_completion_length: int = Field(
         256, ge=1, description="DPO: chosen and rejected completions are cut to this many tokens."
     )
+    launcher: Literal["local", "accelerate"] = Field(
+        "local", description="'local': train in the run's process. 'accelerate': the train stage runs as an "
+        "`accelerate launch` subprocess of train.num_processes ranks (DDP; DeepSpeed or FSDP through "
+        "train.accelerate_config); train.batch_size is then per rank.")
+    num_processes: int = Field(2, ge=1, description="Ranks for train.launcher: accelerate.")
+    accelerate_config: str | None = Field(
+        None, description="An accelerate config file (`accelerate config`) for train.launcher: accelerate, "
+        "passed through as --config_file: DeepSpeed ZeRO, FSDP, several machines.")
 
 
 class EvalConfig(SamplingSection):
@@ -378,6 +387,7 @@ class RunConfig(_Section):
     stop: StopConfig = Field(default_factory=StopConfig, description="When a run stops early.")
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Human review gates.")
     rl: RLConfig = Field(default_factory=RLConfig, description="Online RL against the verifiers (recipe: grpo).")
+    scale: ScaleConfig = Field(default_factory=ScaleConfig, description="Where the stages run (Ray workers).")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -504,12 +514,15 @@ def dump(cfg: RunConfig) -> str:
 
 
 LOCATION_KEYS = {"name", "output_dir"}  # where a run lives, not what it does
+# Where a run's stages run: samples do not depend on the workers, so a resumed run may move to another cluster.
+WHERE_PREFIX = "scale."
 
 
 def diff(old: RunConfig, new: RunConfig) -> list[str]:
     """Keys whose values differ between two configs, as dotted paths (the run's location excluded)."""
     a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in LOCATION_KEYS)
+    return sorted(k for k in a.keys() | b.keys()
+                  if a.get(k) != b.get(k) and k not in LOCATION_KEYS and not k.startswith(WHERE_PREFIX))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

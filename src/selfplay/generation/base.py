@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 
@@ -10,7 +11,17 @@ from tqdm.auto import tqdm
 from selfplay.interfaces import Completion, Generator, SamplingParams
 from selfplay.records import Problem, Sample, sample_id
 
-__all__ = ["Completion", "Generator", "SamplingParams", "sample_batches"]
+__all__ = ["Completion", "Generator", "SamplingParams", "sample_batches", "sample_seed"]
+
+
+def sample_seed(seed: int, problem_id: str, k: int) -> int:
+    """The random stream of sample k of a problem: a function of these three alone, in 63 bits (vLLM keeps int64).
+
+    The continuous and vLLM backends draw each sample from its own stream, and the openai backend sends it as the
+    request's seed, so a problem's samples do not depend on the batch, the order, or the worker that drew them.
+    """
+    digest = hashlib.blake2b(f"{seed}\0{problem_id}\0{k}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def sample_batches(

@@ -16,7 +16,9 @@ and replaces the loop around them:
 
 Greedy output is the same as `generate`'s token for token (tests check it on the tiny and the real
 model); sampling uses the same temperature and top-p semantics (temperature first, then the smallest
-set of most likely tokens whose mass reaches top-p, no top-k), from its own random stream.
+set of most likely tokens whose mass reaches top-p, no top-k). Each sample draws from its own random stream,
+seeded by (params.seed, problem id, sample index) like the vLLM backend's, so a problem's samples are the same
+whatever batch, order or worker drew them (a Ray worker, a resumed stage).
 
 It runs decoder-only models whose layers are the Llama layout (Llama, Mistral without a sliding
 window, Qwen2, Qwen3); any other model falls back to `generate`, with one line saying so.
@@ -27,12 +29,14 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import random
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfplay.errors import UserError
+from selfplay.generation.base import sample_seed
 from selfplay.generation.hf import TransformersGenerator, encode_prompts, option_logprobs, stop_ids, to_completion
 from selfplay.interfaces import Completion, SamplingParams
 from selfplay.models import Placement, load_model, load_tokenizer
@@ -61,6 +65,17 @@ def nucleus(probs, top_p: float, candidates: int | None = None):
         settled = (~short).nonzero()[:, 0]
         groups = [(settled, values[settled], index[settled]), (flat, *probs[flat].sort(dim=-1, descending=True))]
     return [(rows, v.masked_fill(v.cumsum(-1) - v >= top_p, 0.0), i) for rows, v, i in groups if len(rows)]
+
+
+def _invert(weights, uniform):
+    """Per row, the index where the cumulative `weights` first pass `uniform` times their total: a draw from the
+    row's weights (zero-weight entries are never chosen), with the row's own uniform number."""
+    import torch
+
+    cdf = weights.cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=weights.shape[-1] - 1)
 
 
 def unsupported_reason(model) -> str | None:
@@ -94,10 +109,11 @@ class _Prefix:
 
 @dataclass
 class _Row:
-    """One sample being decoded: which problem and which of its samples, and the new tokens so far."""
+    """One sample being decoded: which problem and which of its samples, its random stream, the new tokens so far."""
 
     problem: int
     sample: int
+    rng: random.Random
     tokens: list[int] = field(default_factory=list)
 
 
@@ -214,18 +230,20 @@ class ContinuousGenerator:
     # ----- choosing tokens ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _choose(logits, params: SamplingParams, rng):
-        """Next token of each row: argmax when greedy, else a draw from the temperature-scaled top-p set."""
+    def _choose(logits, params: SamplingParams, rows: Sequence[_Row]):
+        """Next token of each row: argmax when greedy, else a draw from the temperature-scaled top-p set, by
+        inverting the set's cumulative mass at one uniform number from the row's own stream."""
         import torch
 
         if params.temperature == 0.0:
             return logits.argmax(-1)
         probs = torch.softmax(logits / params.temperature, dim=-1)
+        uniform = torch.tensor([r.rng.random() for r in rows], dtype=probs.dtype, device=probs.device)
         if params.top_p >= 1.0:
-            return torch.multinomial(probs, 1, generator=rng)[:, 0]
+            return _invert(probs, uniform)
         chosen = torch.empty(len(probs), dtype=torch.long, device=probs.device)
-        for rows, weights, index in nucleus(probs, params.top_p):
-            chosen[rows] = index.gather(-1, torch.multinomial(weights, 1, generator=rng))[:, 0]
+        for where, weights, index in nucleus(probs, params.top_p):
+            chosen[where] = index.gather(-1, _invert(weights, uniform[where])[:, None])[:, 0]
         return chosen
 
     # ----- the scheduler -----------------------------------------------------------------------------------
@@ -236,16 +254,19 @@ class ContinuousGenerator:
         """Yield problems as their last sample ends; up to `batch_size` rows decode at once."""
         if not problems:
             return
-        for ready in self.generate_tokens(encode_prompts(self.tokenizer, problems), params, batch_size):
+        keys = [p.id for p in problems]
+        for ready in self.generate_tokens(encode_prompts(self.tokenizer, problems), params, batch_size, keys):
             yield [(problems[i], [to_completion(self.tokenizer, seq, self.stop_ids) for seq in seqs])
                    for i, seqs in ready]
 
     def generate_tokens(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int,
+        keys: Sequence[str] | None = None,
     ) -> Iterator[list[tuple[int, list[list[int]]]]]:
         """The decode loop on token ids: yield (prompt index, its `params.n` token lists) as a prompt's last
         sample ends. Each list holds the new tokens up to and including the stop token (none when cut at
-        `max_new_tokens`), the form an RL trainer scores and trains on."""
+        `max_new_tokens`), the form an RL trainer scores and trains on. Sample j of prompt i draws from the
+        stream of (params.seed, keys[i], j); the keys are the problem ids (default: the prompts' positions)."""
         import torch
 
         if not prompts:
@@ -260,7 +281,7 @@ class ContinuousGenerator:
         shape = (rows_max, self._kv_heads, width, self._head_dim)
         cache = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                  for _ in self._layers]
-        rng = torch.Generator(device=device).manual_seed(params.seed)
+        keys = [str(i) for i in range(len(prompts))] if keys is None else [str(k) for k in keys]
         rows: list[_Row] = []
         lengths = torch.zeros(rows_max, dtype=torch.long, device=device)
         last = torch.zeros(rows_max, dtype=torch.long, device=device)
@@ -289,16 +310,19 @@ class ContinuousGenerator:
                             v_cache[slots, :, : v.shape[1]] = v
                         lengths[slots] = len(prompts[i])
                     # the rows of a prompt draw their first tokens independently from its one prefill
-                    first = self._choose(torch.stack([store[i].logits for i, _ in admitted]), params, rng)
+                    new = [_Row(i, j, random.Random(sample_seed(params.seed, keys[i], j))) for i, j in admitted]
+                    first = self._choose(torch.stack([store[i].logits for i, _ in admitted]), params, new)
                     last[base : base + len(admitted)] = first
-                    rows.extend(_Row(i, j, [t]) for (i, j), t in zip(admitted, first.tolist(), strict=True))
+                    for row, token in zip(new, first.tolist(), strict=True):
+                        row.tokens.append(token)
+                    rows.extend(new)
                     # a problem's samples wait together, so only the one at the head of the queue is kept
                     store = {i: s for i, s in store.items() if waiting and waiting[0][0] == i}
                     rows = self._retire(rows, lengths, last, cache, finished, complete)
                 if rows:
                     n = len(rows)
                     logits = self._decode(last[:n], lengths[:n], cache)
-                    chosen = self._choose(logits, params, rng)
+                    chosen = self._choose(logits, params, rows)
                     lengths[:n] += 1
                     last[:n] = chosen
                     for row, token in zip(rows, chosen.tolist(), strict=True):

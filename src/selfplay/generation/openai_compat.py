@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.generation.vllm import sample_seed
+from selfplay.generation.base import sample_seed
 from selfplay.interfaces import Completion, SamplingParams
 from selfplay.models import Placement
 from selfplay.records import Message, Problem

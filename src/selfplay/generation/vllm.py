@@ -44,7 +44,6 @@ process and vLLM leaves memory behind (vllm-project/vllm#21073), so leave that v
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
+from selfplay.generation.base import sample_seed
 from selfplay.generation.hf import encode_prompts, stop_ids, to_completion
 from selfplay.interfaces import Completion, SamplingParams
 from selfplay.models import Placement, load_tokenizer
@@ -67,12 +67,6 @@ OPTIONS = frozenset({
     "gpu_memory_utilization", "kv_cache_memory_bytes", "tensor_parallel_size", "max_model_len", "max_num_seqs",
     "enforce_eager", "dtype",
 })
-
-
-def sample_seed(seed: int, problem_id: str, k: int) -> int:
-    """vLLM's seed for sample k of a problem: a function of these three alone, in 63 bits (vLLM keeps int64)."""
-    digest = hashlib.blake2b(f"{seed}\0{problem_id}\0{k}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def stop_token_ids(model_path: Path, tokenizer: Any) -> set[int]:

@@ -22,6 +22,8 @@ from selfplay.loop.rundir import STAGES, RunDir, load_records
 from selfplay.loop.runner import run_stage
 from selfplay.models import Placement, resolve_model_path
 from selfplay.records import Problem
+from selfplay.scale import RayGenerator, RayWorkers
+from selfplay.training.launch import AccelerateLaunch
 from selfplay.verifiers import Verifier
 
 
@@ -29,11 +31,14 @@ class ModelPool:
     """Keeps the models in use loaded across stages, so generate and evaluate share a load.
 
     Up to `capacity` models stay loaded (least recently used first out), so a judge that reads one model
-    while another is being sampled or evaluated does not reload either on every call.
+    while another is being sampled or evaluated does not reload either on every call. With `workers` (a Ray
+    cluster, `scale.ray_address`) the models are loaded on the workers, which sample them.
     """
 
-    def __init__(self, where: Placement, backend: str, options: dict[str, Any], capacity: int = 2):
+    def __init__(self, where: Placement, backend: str, options: dict[str, Any], capacity: int = 2,
+                 workers: RayWorkers | None = None):
         self.where, self.backend, self.options, self.capacity = where, backend, dict(options), capacity
+        self.workers = workers
         self._loaded: dict[Path, Generator] = {}
 
     def generator(self, path: Path) -> Generator:
@@ -44,14 +49,27 @@ class ModelPool:
         while len(self._loaded) >= self.capacity:
             oldest = next(iter(self._loaded))
             self._loaded.pop(oldest).close()
-        self._loaded[path] = build_generator(self.backend, path, self.where, self.options)
+        if self.workers is not None:
+            self._loaded[path] = RayGenerator(
+                self.workers, path, lambda: build_generator(self.backend, path, self.where, self.options))
+        else:
+            self._loaded[path] = build_generator(self.backend, path, self.where, self.options)
         return self._loaded[path]
 
     def release(self) -> None:
         """Close every loaded model (before training loads its own copy, and at the end of a run)."""
         while self._loaded:
             self._loaded.popitem()[1].close()
+        if self.workers is not None:
+            self.workers.release()
         gc.collect()
+
+    def close(self) -> None:
+        """Close every model here, and stop the Ray workers at once (and a cluster the run started)."""
+        while self._loaded:
+            self._loaded.popitem()[1].close()
+        if self.workers is not None:
+            self.workers.shutdown()
 
 
 @dataclass
@@ -214,6 +232,8 @@ class RunContext:
         """model/: `trainer` fine-tunes `init` on this iteration's records; with none, the model is `fallback`."""
         it_dir = self.rundir.iter_dir(i)
         cfg = self.cfg
+        if cfg.train.launcher == "accelerate":
+            trainer = AccelerateLaunch(trainer)
         summary = self._stage(i, "train", lambda: stages.train(
             it_dir, trainer, init, fallback, cfg.train, self.where, cfg.seed + i, self.pool.release, removed))
         return fallback if summary["skipped"] else it_dir / summary["model"]

@@ -27,6 +27,7 @@ from selfplay.loop.runner import run_stage
 from selfplay.models import placement, resolve_model_path
 from selfplay.records import Problem, to_dict
 from selfplay.results import Decision
+from selfplay.scale import RayWorkers, fan_out_verifier
 from selfplay.tasks import build_control, build_task, control_task
 from selfplay.tasks.labels import has_labels, hide_labels
 from selfplay.verifiers import LABEL_READERS, MAJORITY, build_verifier, reads_labels
@@ -142,17 +143,25 @@ def open_run(
                             "vllm or a command) so each model gets its server, or teacher.model for a teacher")
         where = placement(cfg.model.device, cfg.model.dtype)
         base_path = resolve_model_path(cfg.model.path)
-        models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options), base_path)
+        # On Ray (scale.ray_address) the workers start when the first stage needs them, not here.
+        workers = RayWorkers(cfg.scale, cfg.model.device, cfg.model.dtype, cfg.generate.backend,
+                             cfg.generate.options) if cfg.scale.on_ray else None
+        models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options, workers=workers), base_path)
         controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format, models)
         v = cfg.verify
-        verifier = build_verifier(v.verifier, task.default_verifier, strict_format=v.strict_format,
-                                  options=v.options, run=models, judge=cfg.judge, seed=cfg.seed)
+        spec = {"task_default": task.default_verifier, "strict_format": v.strict_format,
+                "judge": cfg.judge.model_dump(mode="json"), "seed": cfg.seed}
+        verifier = fan_out_verifier(build_verifier(
+            v.verifier, task.default_verifier, strict_format=v.strict_format, options=v.options, run=models,
+            judge=cfg.judge, seed=cfg.seed), cfg.scale, workers, models,
+            {**spec, "name": v.verifier, "options": v.options, "field": "verify.verifier"})
         gold_name = cfg.guards.gold_verifier
         if unlabelled and gold_name is not None and reads_labels(gold_name, task.default_verifier):
             gold_name = None  # nothing to check against
-        gold = None if gold_name is None else build_verifier(
+        gold = None if gold_name is None else fan_out_verifier(build_verifier(
             gold_name, task.default_verifier, strict_format=v.strict_format, run=models, field="guards.gold_verifier",
-            judge=cfg.judge, seed=cfg.seed)
+            judge=cfg.judge, seed=cfg.seed), cfg.scale, workers, models,
+            {**spec, "name": gold_name, "options": {}, "field": "guards.gold_verifier"})
         rundir.freeze_config(cfg)
         if problems.new:
             freeze_problems(rundir, problems)
@@ -240,8 +249,10 @@ def execute(
                             f"selfplay resume {ctx.rundir.path}") from None
         raise
     finally:
-        ctx.pool.release()
-        ctx.rundir.unlock()
+        try:
+            ctx.pool.close()
+        finally:
+            ctx.rundir.unlock()
     print(f"\nFinished in {time.perf_counter() - start:.0f}s (this session). Metrics: {ctx.rundir.metrics_path}")
     print(format_table(rows, cfg.eval.headline_k if cfg.eval.samples else None))
     if decision.action == "stop":

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +71,27 @@ def generate(
     remaining = [p for p in problems if p.id not in complete]
     start = time.perf_counter()
     tokens = 0
+    ran_on = "driver"
     if remaining:
-        seeded = replace(params, seed=params.seed + len(complete))
+        # The seed stays the run's: the backends that draw each sample from its own stream (continuous, vLLM,
+        # openai) give a resumed problem the samples an unbroken run gives it.
+        gen = generator()
+        ran_on = getattr(gen, "ran_on", "driver")  # or "ray" (scale.ray_address)
         with JsonlAppender(partial) as sink:
-            for batch in sample_batches(generator(), remaining, seeded, batch_size, desc=f"{it_dir.name} {out}"):
+            for batch in sample_batches(gen, remaining, params, batch_size, desc=f"{it_dir.name} {out}"):
                 sink.write_many(to_dict(s) for s in batch)
                 tokens += sum(s.num_tokens for s in batch)
     seconds = time.perf_counter() - start
     partial.touch()
+    # Problems in split order, whichever batch, worker or session finished them: the same run writes the same file.
+    order = {p.id: n for n, p in enumerate(problems)}
+    rows = read_jsonl(partial)
+    ranked = sorted(range(len(rows)), key=lambda n: (order.get(rows[n]["problem_id"], len(order)), n))
+    if ranked != list(range(len(rows))):
+        atomic_write_jsonl(partial, (rows[n] for n in ranked))
     partial.replace(final)
-    return _generate_summary(problems, params, model_path, len(complete), tokens, seconds, final.name)
+    return {**_generate_summary(problems, params, model_path, len(complete), tokens, seconds, final.name),
+            "ran_on": ran_on}
 
 
 def _generate_summary(problems: Sequence[Problem], params: SamplingParams, model_path: Path | str, resumed: int,
@@ -175,6 +186,7 @@ def _verify_summary(verifier: Verifier, verdicts: Sequence[Verdict], resumed: in
         "answered": sum(v.answer is not None for v in verdicts),
         "resumed_samples": resumed,
         "seconds": time.perf_counter() - start,
+        "ran_on": getattr(verifier, "ran_on", "driver"),  # or "ray" (scale.ray_address)
     }
     if isinstance(verifier, GroupVerifier):  # how the votes went: ties and unreadable answers fail, and are counted
         statuses = defaultdict(int)

@@ -36,6 +36,9 @@ def check(cfg: Any, task: Any, train_problems: Sequence[Problem]) -> None:
     if cfg.review.every:
         raise UserError("review.every: recipe grpo trains on its rollouts as it samples them, so there is no "
                         "training set to review before training; set review.every: 0")
+    if cfg.train.launcher != "local":
+        raise UserError("train.launcher: recipe grpo trains in the run's process (its rollouts come from the live "
+                        "policy); set train.launcher: local, and use trl's vLLM modes on GPUs (docs/guide.md#scale)")
     if cfg.generate.backend == "openai":
         raise UserError("generate.backend: openai cannot sample rollouts for recipe grpo (the policy changes every "
                         "step and its weights live in the trainer); use rl.rollout: vllm on a GPU, or continuous")

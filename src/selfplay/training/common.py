@@ -62,7 +62,8 @@ def trainer_settings(cfg: TrainConfig, records: int, work_dir: Path, where: Plac
     """Keyword arguments of trl's SFTConfig / DPOConfig that both trainers set the same way."""
     import torch
 
-    steps = math.ceil(math.ceil(records / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
+    ranks = cfg.num_processes if cfg.launcher == "accelerate" else 1  # train.batch_size is per rank
+    steps = math.ceil(math.ceil(records / (cfg.batch_size * ranks)) / cfg.grad_accum * cfg.epochs)
     return dict(
         output_dir=str(work_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, lr_scheduler_type="linear",
@@ -101,7 +102,49 @@ def train_and_save(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path, tok
     # A resumed run only trained the steps after its checkpoint.
     done_before = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
     run_share = (result.global_step - done_before) / result.global_step if result.global_step else 0.0
-    trained = trainer.model
+    # Under `accelerate launch` (train.launcher) every rank gets here; rank 0 writes, the others wait for it.
+    accelerator = trainer.accelerator
+    if accelerator.num_processes > 1:
+        save_from_ranks(trainer, cfg, out_dir, work_dir)
+    else:
+        save_merged(trainer, cfg, out_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return {
+        "steps": result.global_step,
+        "epochs": cfg.epochs,
+        "tokens_per_epoch": tokens_per_epoch,
+        "train_loss": result.training_loss,
+        "resumed_from": resume_from,
+        "seconds": seconds,
+        "tokens_per_second": tokens_per_epoch * cfg.epochs * run_share / seconds if seconds > 0 else None,
+    }
+
+
+def save_from_ranks(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path) -> None:
+    """Several ranks (`accelerate launch`): every rank takes part in the trainer's own save, which gathers what
+    DeepSpeed ZeRO-3 or FSDP shard; rank 0 then merges the saved adapters (LoRA) and writes `out_dir`."""
+    accelerator = trainer.accelerator
+    saved = work_dir / "final"
+    trainer.save_model(str(saved))  # collective: every rank calls it, rank 0 writes
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if cfg.method == "lora":
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(saved), dtype=trainer.model.dtype)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(saved), dtype=trainer.model.dtype)
+        save_merged(trainer, cfg, out_dir, model)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_merged(trainer, cfg: TrainConfig, out_dir: Path, model=None) -> None:
+    """The trained model (`model`, else the trainer's), its LoRA adapters merged, written to `out_dir` atomically
+    with the tokenizer."""
+    trained = model if model is not None else trainer.model
     if cfg.method == "lora":
         trained = trained.merge_and_unload()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -113,16 +156,6 @@ def train_and_save(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path, tok
         shutil.rmtree(tmp, ignore_errors=True)  # the checkpoints stay: resume saves the merged model again
         raise
     atomic_replace_dir(tmp, out_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return {
-        "steps": result.global_step,
-        "epochs": cfg.epochs,
-        "tokens_per_epoch": tokens_per_epoch,
-        "train_loss": result.training_loss,
-        "resumed_from": resume_from,
-        "seconds": seconds,
-        "tokens_per_second": tokens_per_epoch * cfg.epochs * run_share / seconds if seconds > 0 else None,
-    }
 
 
 def first_last(log_history: list[dict[str, Any]], key: str) -> tuple[Any, Any]:

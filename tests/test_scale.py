@@ -1,0 +1,255 @@
+"""Scale-out on a real Ray cluster on loopback (a head and two worker nodes, each its own raylet): a run's
+sampling, verify and evaluation stages on the workers, with the same files as a local run, and the faults.
+
+Each test is bounded in time, and the cluster fixture checks that no raylet outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from selfplay.config import load_config
+from selfplay.errors import UserError
+from selfplay.files import read_jsonl
+from selfplay.interfaces import SamplingParams
+from selfplay.records import Problem, to_dict
+from selfplay.scale import Handout, RayWorkers
+from selfplay.scale.fanout import handout_size
+from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.test_code import code_jsonl, code_overrides, needs_bwrap  # noqa: F401 - code_jsonl: a fixture
+from tests.test_resume import _kill_when, _line_count, _start
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'selfplay[ray]')")
+pytestmark = pytest.mark.e2e
+
+ENV = f"{{PYTHONPATH: '{ROOT}'}}"  # the workers import the tests' plugins, as a user's workers import theirs
+
+
+def _ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if "raylet" in line or "gcs_server" in line or "ray::" in line]
+
+
+def _left_over(before: set[str], deadline_s: float = 30) -> set[str]:
+    """The Ray processes started since `before` that are still running after up to `deadline_s` seconds."""
+    deadline = time.monotonic() + deadline_s
+    while (left := set(_ray_processes()) - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node that runs no work and two worker nodes of 1 CPU each: the workers' actors land on those."""
+    from ray.cluster_utils import Cluster
+
+    before = set(_ray_processes())
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes(timeout=60)
+        yield c
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        left = _left_over(before)
+        assert not left, f"Ray processes outlived the cluster: {left}"
+
+
+def _busy_workers(deadline_s: float = 120) -> list[int]:
+    """The pids of the stage workers running a handout now (their process title names the method)."""
+    deadline = time.monotonic() + deadline_s
+    while not (pids := [int(line.split()[0]) for line in _ray_processes() if "StageWorker.generate" in line]):
+        assert time.monotonic() < deadline, "no worker started generating"
+        time.sleep(0.02)
+    return pids
+
+
+def test_handouts_fill_a_batch_and_give_each_worker_two():
+    assert handout_size(96, 8, 64, 2, None) == 8  # 8 problems x 8 samples fill a batch of 64
+    assert handout_size(100, 1, 64, 2, None) == 25  # greedy: at least two handouts per worker
+    assert handout_size(3, 8, 64, 4, None) == 1 and handout_size(50, 1, 64, 2, 7) == 7
+
+
+def test_scale_settings_are_checked_and_may_change_on_resume(tmp_path):
+    with pytest.raises(UserError, match="scale.ray_address: empty"):
+        load_config(None, ["scale.ray_address=' '"])
+    with pytest.raises(UserError, match="scale.workers"):
+        load_config(None, ["scale.workers=0"])
+    from selfplay.config import diff
+
+    a, b = load_config(None, []), load_config(None, ["scale.ray_address=auto", "scale.workers=8"])
+    assert diff(a, b) == []  # where the stages run is not what the run does: resume may move it
+
+
+def test_no_ray_means_one_line(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def without_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_ray)
+    workers = RayWorkers(load_config(None, ["scale.ray_address=local"]).scale, "cpu", "float32", "continuous", {})
+    with pytest.raises(UserError, match=r"Ray is not installed; install it with: pip install 'selfplay\[ray\]'"):
+        list(workers.run([Handout("p0", "whoami", ())]))
+
+
+def _workers(cluster, **scale) -> RayWorkers:
+    settings = [f"scale.ray_address={cluster.address}", "scale.workers=2",
+                *(f"scale.{k}={v}" for k, v in scale.items())]
+    return RayWorkers(load_config(None, settings).scale, "cpu", "float32", "continuous", {})
+
+
+PROBLEMS = [Problem(f"p{i}", f"What is {i} + 1?", str(i + 1)) for i in range(6)]
+
+
+def _generate(tiny_model, problems, n=3, tokens=8) -> list[Handout]:
+    params = {"n": n, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": tokens, "seed": 3}
+    return [Handout(p.id, "generate", (str(tiny_model), [to_dict(p)], params, 8), [p.id]) for p in problems]
+
+
+def test_a_worker_that_cannot_read_the_model_stops_with_one_line_naming_it_and_the_path(cluster, tmp_path):
+    workers = _workers(cluster)
+    try:
+        missing = tmp_path / "nowhere"
+        with pytest.raises(UserError) as e:
+            list(workers.run(_generate(missing, PROBLEMS[:2])))
+        line = str(e.value)
+        assert "\n" not in line and f"cannot read the model at {missing} (no such folder)" in line
+        assert line.startswith("Ray worker ") and " pid " in line
+    finally:
+        workers.shutdown()
+
+
+def test_a_dead_or_hung_worker_loses_nothing_and_doubles_nothing(cluster, tiny_model):
+    from selfplay.generation import build_generator
+    from selfplay.models import placement
+
+    local = build_generator("continuous", tiny_model, placement("cpu", "float32"), {})
+    params = SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=3)
+    expected = {p.id: [c.text for c in cs] for batch in local.generate(PROBLEMS, params, 8) for p, cs in batch}
+
+    workers = _workers(cluster, task_timeout=10, max_retries=2)
+    stopped = None
+    try:
+        # Both workers load the model and answer once (warm, so the hung one is held to task_timeout alone); their pids.
+        list(workers.run(_generate(tiny_model, PROBLEMS[:2], tokens=1)))
+        names = [name for _, name in workers.run([Handout("w0", "whoami", ()), Handout("w1", "whoami", ())])]
+        pids = sorted({int(name.rsplit(" pid ", 1)[1]) for name in names})
+        assert len(pids) == 2
+        got = {}
+        for _, (_, results) in workers.run(_generate(tiny_model, PROBLEMS, tokens=24)):
+            for pid, cs in results:
+                assert pid not in got, f"{pid} came back twice"
+                got[pid] = [c["text"] for c in cs]
+            if stopped is None:  # after the first result: one worker hangs and the other dies
+                stopped = pids[0]
+                os.kill(stopped, signal.SIGSTOP)
+                os.kill(pids[1], signal.SIGKILL)
+        # the same samples a local run draws: seeded by problem and sample, whoever drew them and however often
+        assert got == expected
+        assert workers.replaced == 2  # the dead one and the hung one, each replaced once
+    finally:
+        if stopped:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        workers.shutdown()
+
+
+def test_a_handout_that_keeps_failing_stops_with_one_line_naming_the_problem(cluster, tiny_model):
+    workers = _workers(cluster, task_timeout=0.01, startup_timeout=0, max_retries=1)  # no worker is that fast
+    try:
+        with pytest.raises(UserError) as e:
+            list(workers.run(_generate(tiny_model, PROBLEMS[:1], tokens=16)))
+        assert "\n" not in str(e.value)
+        assert str(e.value).startswith("Ray: problem p0 failed 2 times: no answer within scale.task_timeout")
+        assert "scale.max_retries is 1" in str(e.value)
+    finally:
+        workers.shutdown()
+
+
+def _samples(run: Path) -> dict[str, str]:
+    return {r["id"]: r["completion"] for r in read_jsonl(run / "iter-001" / "samples.jsonl")}
+
+
+# One problem per handout, each a moment slower than the continuous backend alone (the same samples), so a kill
+# lands while a worker is generating.
+LONG = {"task.train_size": 16, "generate.batch_size": 2, "generate.max_new_tokens": 24, "scale.problems_per_task": 1,
+        "generate.backend": "tests.plugins:slow_backend", "generate.options": "{delay: 0.3}"}
+
+
+def test_an_rft_iteration_on_the_cluster_writes_a_local_runs_samples_through_a_worker_kill_and_a_driver_kill(
+        cluster, tiny_model, sums_jsonl, tmp_path):
+    local_args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="local", **LONG)
+    proc = run_cli("run", *local_args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = _samples(tmp_path / "local")
+
+    # Two workers; one is SIGKILLed in the middle of generation.
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="ray2", **LONG, **{
+        "scale.ray_address": cluster.address, "scale.workers": 2, "scale.env": ENV})
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    partial = tmp_path / "ray2" / "iter-001" / "samples.partial.jsonl"
+    deadline = time.monotonic() + 240
+    while _line_count(partial) < 4:
+        assert driver.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the kill"
+        time.sleep(0.05)
+    os.kill(_busy_workers()[0], signal.SIGKILL)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out[-3000:]
+    assert "its worker died" in out and "handing it to another worker" in out
+    assert json.loads((tmp_path / "ray2" / "iter-001" / "generate.json").read_text())["ran_on"] == "ray"
+    assert _samples(tmp_path / "ray2") == expected  # none lost, none doubled, the same as the local run's
+    # the evaluation ran on the workers too: the same answers, so the same figures
+    def figures(run: str) -> list[tuple]:
+        rows = read_jsonl(tmp_path / run / "metrics.jsonl")
+        return [(m["iteration"], m["greedy_accuracy"], m["pass@2"]) for m in rows]
+
+    assert figures("ray2") == figures("local")
+
+    # One worker; the driver is SIGKILLed in the middle of generation, and the run resumes on the cluster.
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="ray1", **LONG, **{
+        "scale.ray_address": cluster.address, "scale.workers": 1, "scale.env": ENV})
+    partial = tmp_path / "ray1" / "iter-001" / "samples.partial.jsonl"
+    _kill_when(_start("run", *args), lambda: _line_count(partial) >= 4)
+    before = partial.read_text().splitlines()
+    proc = run_cli("resume", str(tmp_path / "ray1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = len(before) // 2
+    assert f"resuming; {done} of 16 problems already sampled" in proc.stdout
+    assert set(before) <= set((tmp_path / "ray1" / "iter-001" / "samples.jsonl").read_text().splitlines())
+    assert _samples(tmp_path / "ray1") == expected
+
+
+@needs_bwrap
+def test_a_code_verify_stage_runs_in_the_workers_sandboxes(cluster, tiny_model, code_jsonl, tmp_path):
+    args = code_overrides(tiny_model, code_jsonl, tmp_path, **{
+        "scale.ray_address": cluster.address, "scale.workers": 2, "scale.env": ENV, "verify.options": "{workers: 1}"})
+    proc = run_cli("run", *args, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Ray: joined {cluster.address}; 2 worker(s)" in proc.stdout
+    verdicts = read_jsonl(tmp_path / "code" / "iter-001" / "verdicts.jsonl")
+    assert len(verdicts) == 16
+    assert [v["passed"] for v in verdicts] == [v["sample_id"].endswith("/s0") for v in verdicts]
+    summary = json.loads((tmp_path / "code" / "iter-001" / "verify.json").read_text())
+    assert summary["verifier"] == "code" and summary["passed"] == 8 and summary["ran_on"] == "ray"
