@@ -85,6 +85,15 @@ def sums_jsonl(tmp_path) -> Path:
     return write_jsonl(tmp_path / "sums.jsonl", rows)
 
 
+@pytest.fixture
+def code_jsonl(tmp_path) -> Path:
+    """Twelve small code problems with their tests and reference solutions (task.source: code)."""
+    rows = [{"prompt": f"Write `times_{k}(x)` that returns x times {k}.", "entry_point": f"times_{k}",
+             "tests": [f"assert times_{k}(2) == {2 * k}", f"assert times_{k}(0) == 0"],
+             "code": f"def times_{k}(x):\n    return x * {k}"} for k in range(12)]
+    return write_jsonl(tmp_path / "code.jsonl", rows)
+
+
 def tiny_overrides(model: Path, data: Path, out: Path, name: str = "t", **extra: object) -> list[str]:
     """Config overrides for a fast run of the tiny model on a JSONL task."""
     base = {

@@ -33,6 +33,7 @@ EXPECT = {
     "preference.py": [r"^\*\*Self-Rewarding", r"^\*\*RFT with the gold checkers", r"^\| generate \| "],
     "recipes.py": [r"^\| star \| `bench-star` \| basic_arithmetic \| 1 \|"],
     "rft.py": [r"^\| 1 \| ", r"^Wall time of this process"],
+    "scale.py": [r"^\| Ray, 2 workers x 1 CPU \| ", r"^samples\.jsonl byte for byte the same in all 2 runs: yes$"],
     "sandbox.py": [r"^HumanEval: 8 of 8 canonical solutions pass .*a stub returning None passes 0$",
                    r"^\| correct solution \| yes \| passed \|",
                    r"^\| infinite loop \| no \| (timeout \| time|exited \| cpu) \|",  # the wall clock or the CPU limit

@@ -127,14 +127,6 @@ def test_selfplay_sandbox_prints_the_verdict_and_exits_2_on_bad_input(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
-@pytest.fixture
-def code_jsonl(tmp_path):
-    rows = [{"prompt": f"Write `times_{k}(x)` that returns x times {k}.", "entry_point": f"times_{k}",
-             "tests": [f"assert times_{k}(2) == {2 * k}", f"assert times_{k}(0) == 0"],
-             "code": f"def times_{k}(x):\n    return x * {k}"} for k in range(12)]
-    return write_jsonl(tmp_path / "code.jsonl", rows)
-
-
 def code_overrides(tiny_model, code_jsonl, tmp_path, **extra):
     return tiny_overrides(tiny_model, code_jsonl, tmp_path, name="code", **{
         "task.source": "code", "task.train_size": 8, "task.eval_size": 4, "verify.verifier": "auto",

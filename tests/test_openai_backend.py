@@ -18,6 +18,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import openai  # noqa: F401 - loaded once here, not inside a test that times its calls
 import pytest
 
 from selfplay.errors import UserError
@@ -212,7 +213,7 @@ def scripted(*answers: tuple[int, dict, bytes]):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((body, dict(self.headers)))
+            seen.append((body, {k.lower(): v for k, v in self.headers.items()}))  # HTTP names: any case
             self._reply(*answers[min(len(seen), len(answers)) - 1])
 
         def _reply(self, status: int, headers: dict, payload: bytes):
@@ -245,13 +246,13 @@ def test_requests_carry_the_sampling_settings_turns_and_key(monkeypatch):
         body, headers = seen[0]
         assert body == {"model": "served-x", "messages": TURNS, "n": 2, "temperature": 0.7, "top_p": 0.9,
                         "max_tokens": 11, "seed": request_seed(5, "multi", 0), "top_k": 20}
-        assert headers["Authorization"] == "Bearer sk-test"
+        assert headers["authorization"] == "Bearer sk-test"
         # Two choices, one usage total, no tokenizer: an even split.
         assert [(c.text, c.num_tokens, c.finish_reason) for c in completions] == [("a", 4, "stop"), ("b", 3, "stop")]
         monkeypatch.delenv("TEST_OPENAI_KEY")
         list(OpenAIGenerator(base_url=url).generate(PROBLEMS[:1], SamplingParams(temperature=0.0), 8))
         body, headers = seen[-1]
-        assert "Authorization" not in headers and body["temperature"] == 0.0 and "n" not in body
+        assert "authorization" not in headers and body["temperature"] == 0.0 and "n" not in body
 
 
 def test_a_server_failing_with_503_is_retried_until_it_answers():
@@ -375,3 +376,65 @@ def test_distillation_from_a_loopback_endpoint_with_the_student_evaluated_throug
     assert (it1 / "model" / "model.safetensors").is_file()
     evaluated = read_jsonl(it1 / "eval_samples.jsonl")  # the trained student, answered by its own server
     assert len(evaluated) == 4 and all(r["model"] == str(it1 / "model") for r in evaluated)
+
+
+def test_requests_spread_over_several_servers_and_one_that_stops_answering_is_taken_out(capsys):
+    """Two servers of one model: each request goes to the less busy one; one that keeps failing (503 after the
+    client's retries) is taken out with one line and its requests go to the other; none left is one line."""
+    busy = (503, {}, b'{"error": {"message": "overloaded"}}')
+    with scripted(answer("a")) as (good, seen_good), scripted(answer("b")) as (other, seen_other):
+        gen = OpenAIGenerator(base_url=[good, other], served_model="m", retries=0, timeout=5, concurrency=2)
+        assert gen.client.concurrency == 4  # per server
+        texts(gen, PROBLEMS * 3, SamplingParams())
+        assert seen_good and seen_other  # both took requests
+        gen.close()
+    with scripted(answer("a")) as (good, seen_good), scripted(busy) as (bad, seen_bad):
+        gen = OpenAIGenerator(base_url=[bad, good], served_model="m", retries=0, timeout=5, concurrency=2)
+        assert texts(gen, PROBLEMS * 3, SamplingParams()) == [["a"]] * 12  # every problem answered, once
+        out = capsys.readouterr().out
+        assert out.count(f"{bad} stopped answering (no answer after 1 try: HTTP 503 'overloaded'); its requests "
+                         "go to the other 1 server(s)") == 1
+        assert len(seen_good) == 12 and len(seen_bad) >= 1
+        gen.close()
+    with scripted(busy) as (one, _), scripted(busy) as (two, _):
+        gen = OpenAIGenerator(base_url=[one, two], served_model="m", retries=0, timeout=5)
+        with pytest.raises(UserError, match=rf"none of the 2 servers answers chat/completions after 1 try \({one}: "
+                                            r"HTTP 503 'overloaded'; .*: HTTP 503 'overloaded'\)") as e:
+            texts(gen, PROBLEMS[:1], SamplingParams())
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"generate.options.base_url: expected .* or a list of distinct ones"):
+        OpenAIGenerator(base_url=[good, good + "/"], served_model="m")
+
+
+@pytest.mark.e2e
+def test_two_transformers_servers_one_killed_in_the_middle_of_a_stage_give_one_servers_samples(
+        served, tiny_model, capsys):
+    """Two real `transformers serve` servers of the tiny model behind one base_url list; one is SIGKILLed after
+    the first batch. The stage finishes on the other, and every sample is the one a single server gives
+    (seeded per request)."""
+    from selfplay.generation.openai_compat import TRANSFORMERS_SAMPLING, ServerProcess
+
+    servers = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/v1"
+            servers.append(ServerProcess(launch_command("transformers", tiny_model, "127.0.0.1", port, WHERE), url,
+                                         120))
+        gen = OpenAIGenerator(base_url=[s.base_url for s in servers], concurrency=1, timeout=60, retries=1,
+                              extra_body={"generation_config": TRANSFORMERS_SAMPLING})
+        gen.client.ignores_n = True  # as launch: transformers knows
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=11)
+        problems = [Problem(f"q{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(8)]
+        got = []
+        for batch in gen.generate(problems, params, batch_size=4):
+            got += [[c.text for c in completions] for _, completions in batch]
+            if len(got) == 2:
+                os.killpg(servers[1].pid, signal.SIGKILL)
+        assert len(got) == 8
+        assert got == texts(served, problems, params)
+        assert f"{servers[1].base_url} stopped answering" in capsys.readouterr().out
+        gen.close()
+    finally:
+        for s in servers:
+            s.close()

@@ -24,7 +24,7 @@ from selfplay.records import Problem, to_dict
 from selfplay.scale import Handout, RayWorkers
 from selfplay.scale.fanout import handout_size
 from tests.conftest import ROOT, run_cli, tiny_overrides
-from tests.test_code import code_jsonl, code_overrides, needs_bwrap  # noqa: F401 - code_jsonl: a fixture
+from tests.test_code import code_overrides, needs_bwrap
 from tests.test_resume import _kill_when, _line_count, _start
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'selfplay[ray]')")
@@ -123,20 +123,8 @@ def _generate(tiny_model, problems, n=3, tokens=8) -> list[Handout]:
     return [Handout(p.id, "generate", (str(tiny_model), [to_dict(p)], params, 8), [p.id]) for p in problems]
 
 
-def test_a_worker_that_cannot_read_the_model_stops_with_one_line_naming_it_and_the_path(cluster, tmp_path):
-    workers = _workers(cluster)
-    try:
-        missing = tmp_path / "nowhere"
-        with pytest.raises(UserError) as e:
-            list(workers.run(_generate(missing, PROBLEMS[:2])))
-        line = str(e.value)
-        assert "\n" not in line and f"cannot read the model at {missing} (no such folder)" in line
-        assert line.startswith("Ray worker ") and " pid " in line
-    finally:
-        workers.shutdown()
-
-
-def test_a_dead_or_hung_worker_loses_nothing_and_doubles_nothing(cluster, tiny_model):
+def test_a_dead_or_hung_worker_loses_nothing_and_doubles_nothing_and_an_unreadable_model_is_one_line(
+        cluster, tiny_model):
     from selfplay.generation import build_generator
     from selfplay.models import placement
 
@@ -164,6 +152,14 @@ def test_a_dead_or_hung_worker_loses_nothing_and_doubles_nothing(cluster, tiny_m
         # the same samples a local run draws: seeded by problem and sample, whoever drew them and however often
         assert got == expected
         assert workers.replaced == 2  # the dead one and the hung one, each replaced once
+
+        # A model the workers cannot read: one line naming the worker and the path, not a hang or a retry.
+        missing = tiny_model.parent / "nowhere"
+        with pytest.raises(UserError) as e:
+            list(workers.run(_generate(missing, PROBLEMS[:2])))
+        line = str(e.value)
+        assert "\n" not in line and f"cannot read the model at {missing} (no such folder)" in line
+        assert line.startswith("Ray worker ") and " pid " in line
     finally:
         if stopped:
             try:

@@ -2,7 +2,11 @@
 
 A server somebody else runs (`base_url`), or one this backend starts for each model the run samples
 (`launch`): `transformers serve` on CPU or one GPU, `vllm serve` on a GPU, or any command that serves
-`/v1/chat/completions`. The client is the standard library (urllib, json, a thread pool), no SDK.
+`/v1/chat/completions`. HTTP, timeouts, retries with backoff and the server's Retry-After are the official `openai`
+client's (a well-kept library does this better than our own urllib client did); what servers differ in is ours.
+`base_url` may list several servers of one model (one vLLM server per node): each request goes to the server
+with the fewest requests in flight, a server that stops answering is taken out (one line) and its requests go to
+the others, and the stage stops with one line only when none is left.
 
 What the backend sends: one POST `{base_url}/chat/completions` per problem with the problem's turns
 (`Problem.chat()`) as `messages`, `n`, `temperature` (0 is greedy), `top_p`, `max_tokens` and a `seed`
@@ -31,8 +35,9 @@ What servers differ in, and how it is met:
   finish        "length" stays "length"; anything else ("stop", "eos", "tool_calls") is "stop".
 
 generate.options (one of base_url / launch is required):
-  base_url         the API root of a running server, e.g. http://127.0.0.1:8000/v1. It serves one model,
-                   so a run whose later iterations sample their own trained model must use `launch`.
+  base_url         the API root of a running server, e.g. http://127.0.0.1:8000/v1, or a list of them (servers
+                   of the same model, spread by load). It serves one model, so a run whose later iterations
+                   sample their own trained model must use `launch`.
   launch           'transformers' (`transformers serve MODEL --host 127.0.0.1 --port P --device D --dtype T`,
                    needs `pip install 'selfplay[serve]'`), 'vllm' (`vllm serve {model} --host {host} --port
                    {port}`; vllm needs its own environment, see selfplay/generation/vllm.py, then give the
@@ -41,40 +46,27 @@ generate.options (one of base_url / launch is required):
                    HF_HUB_OFFLINE=1, its output in a log file in a temporary folder; close() stops it.
   served_model     the model name to request (default: the first id GET {base_url}/models lists)
   api_key_env      environment variable holding the API key, sent as a Bearer token when set (OPENAI_API_KEY)
-  concurrency      requests in flight at once (8; 1 for launch: transformers, see seed above)
+  concurrency      requests in flight at once per server (8; 1 for launch: transformers, see seed above)
   timeout          seconds a request may wait for the server's answer (600)
-  retries          retries of a request after a connection error, a timeout, HTTP 429 or 5xx, with exponential
-                   backoff and jitter, or the server's Retry-After (3); other 4xx answers are not retried
+  retries          retries of a request after a connection error, a timeout, HTTP 408, 409, 429 or 5xx, with
+                   the openai client's exponential backoff and jitter, or the server's Retry-After (3); other 4xx
+                   answers are not retried; after the last, the server is taken out
   startup_timeout  seconds a launched server has to answer GET /v1/models (300)
   extra_body       fields merged into every request, for a server's own knobs (vLLM's top_k, min_p, ...)
 
-Not covered: streaming, tool calls, logprobs (the judge's constrained mode needs a local model). A launched
-server runs in its own session under a small watchdog process: close() and atexit stop it on a normal exit,
-and the watchdog stops it when the run is killed outright (SIGKILL), so no server outlives its run.
+Not covered: streaming, tool calls, logprobs (the judge's constrained mode needs a local model). Launched servers
+are `servers.ServerProcess`: no server outlives its run, SIGKILL included.
 """
 
 from __future__ import annotations
 
-import atexit
 import difflib
-import http.client
-import importlib.util
 import json
 import math
 import os
-import random
-import shlex
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
+import re
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,9 +75,13 @@ from typing import Any
 
 from selfplay.errors import UserError
 from selfplay.generation.base import sample_seed
+from selfplay.generation.servers import ServerProcess, free_port, launch_command
 from selfplay.interfaces import Completion, SamplingParams
 from selfplay.models import Placement
 from selfplay.records import Message, Problem
+
+__all__ = ["OpenAIClient", "OpenAIGenerator", "ServerProcess", "forget_fixed_servers", "free_port",
+           "launch_command", "openai_backend", "request_seed"]
 
 OPTIONS = frozenset({
     "base_url", "launch", "served_model", "api_key_env", "concurrency", "timeout", "retries", "startup_timeout",
@@ -94,26 +90,7 @@ OPTIONS = frozenset({
 SENT_BY_CLIENT = frozenset({"model", "messages", "n", "temperature", "top_p", "max_tokens", "seed", "stream"})
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 QUOTE = 200  # characters of a bad answer quoted in an error
-BACKOFF = 0.5  # seconds before the first retry; doubled each retry, times a jitter of 0.5-1.5
-MAX_WAIT = 60.0  # cap on one wait between tries, the server's Retry-After included
 TRANSFORMERS_SAMPLING = json.dumps({"do_sample": True, "top_k": 0})
-SERVE_INSTALL = "pip install 'selfplay[serve]' (transformers[serving]: fastapi, uvicorn)"
-# Runs the server command and stays its parent. When the run dies without closing it (SIGKILL, a crash atexit
-# cannot cover), this process is orphaned, sees its parent change, and stops the server's process group.
-WATCHDOG = """
-import os, signal, subprocess, sys, time
-signal.signal(signal.SIGTERM, lambda *_: None)  # close() signals the group: the server exits, then this
-parent, server = int(sys.argv[1]), subprocess.Popen(sys.argv[2:])
-while server.poll() is None:
-    if os.getppid() != parent:
-        os.killpg(0, signal.SIGTERM)
-        try:
-            server.wait(15)
-        finally:
-            os.killpg(0, signal.SIGKILL)
-    time.sleep(0.5)
-sys.exit(server.returncode if server.returncode >= 0 else 128 - server.returncode)
-"""
 
 
 def request_seed(seed: int, problem_id: str, k: int) -> int:
@@ -142,35 +119,61 @@ def _server_message(raw: bytes) -> str:
 
 
 def _reason(e: BaseException) -> str:
-    """Why a connection failed, in a few words ('Connection refused', 'timed out')."""
-    inner = e.reason if isinstance(e, urllib.error.URLError) else e
-    if isinstance(inner, TimeoutError):
+    """Why a connection failed, in a few words ('Connection refused', 'timed out'), from the SDK's error chain."""
+    import openai
+
+    if isinstance(e, openai.APITimeoutError):
         return "timed out"
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror
-    return str(inner) or type(inner).__name__
+    seen: BaseException | None = e
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    inner = e.__cause__ or e
+    return re.sub(r"^\[Errno \d+\] ", "", str(inner)) or type(inner).__name__
 
 
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return min(MAX_WAIT, max(0.0, float(value))) if value is not None else None
-    except ValueError:  # an HTTP date: rare from inference servers, so the backoff decides
-        return None
+class _Unanswered(Exception):
+    """A server that gave no usable answer after the SDK's retries: unreachable, timed out, 429 or 5xx."""
+
+
+class _Server:
+    """One server of a client's list: its official SDK client, the requests it holds now, and why it is out."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float, retries: int):
+        import openai
+
+        self.url = url.rstrip("/")
+        loopback = urllib.parse.urlsplit(self.url).hostname in LOOPBACK
+        # A proxy from the environment must not see loopback requests (a launched server); others keep it.
+        self.sdk = openai.OpenAI(base_url=self.url, api_key=api_key or (lambda: ""), timeout=timeout,
+                                 max_retries=retries, http_client=openai.DefaultHttpxClient(trust_env=not loopback))
+        self.busy = 0
+        self.out: str | None = None  # why it stopped answering, once it has
+
+    def close(self) -> None:
+        self.sdk.close()
 
 
 class OpenAIClient:
-    """Chat completions from one OpenAI-compatible server: retries, concurrency, and servers that ignore `n`."""
+    """Chat completions from one or more OpenAI-compatible servers serving the same model, over the official
+    `openai` client (HTTP, timeouts, retries with backoff and Retry-After). Each request goes to the server with the
+    fewest requests in flight; a server that stops answering is taken out and its requests go to the others; the
+    stage stops with one line only when none is left. On top: servers that ignore `n`, and token counts."""
 
     def __init__(
-        self, base_url: str, model: str | None = None, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-        timeout: float = 600.0, retries: int = 3, extra_body: Mapping[str, Any] | None = None,
+        self, base_url: str | Sequence[str], model: str | None = None, *, api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8, timeout: float = 600.0, retries: int = 3, extra_body: Mapping[str, Any] | None = None,
         count_tokens: Callable[[str], int] | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self.url = f"{self.base_url}/chat/completions"
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self.api_key = os.environ.get(api_key_env) or None
-        self.concurrency = concurrency
+        self.servers = [_Server(u, self.api_key, timeout, retries) for u in urls]
+        self.base_url = ", ".join(s.url for s in self.servers)  # how messages name the server(s)
+        self.per_server = concurrency
+        self.concurrency = concurrency * len(self.servers)  # threads: `concurrency` requests in flight per server
         self.timeout = timeout
         self.retries = retries
         self.extra_body = dict(extra_body or {})
@@ -178,70 +181,117 @@ class OpenAIClient:
         self.ignores_n: bool | None = None  # learnt from the first answer to a request for n > 1
         self.requests_by_n: Counter[int] = Counter()  # requests answered, by the n they asked for
         self.said_same = False
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # guards busy/out; notified when a request ends
+        self._turn = 0  # where the search for the least busy server starts, so ties rotate
         self._pool: ThreadPoolExecutor | None = None
-        host = urllib.parse.urlsplit(self.base_url).hostname
-        # A proxy from the environment must not see loopback requests (a launched server); others keep it.
-        self._opener = urllib.request.build_opener(
-            *([urllib.request.ProxyHandler({})] if host in LOOPBACK else [])
-        )
-        self.model = model or self.models()[0]
-
-    def _send(self, url: str, body: dict[str, Any] | None = None) -> Any:
-        """One request (GET without a body), retried on transient failures; returns the parsed JSON answer."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
-        for attempt in range(self.retries + 1):
-            wait = None
-            try:
-                with self._opener.open(request, timeout=self.timeout) as answer:
-                    raw = answer.read()
-                break
-            except urllib.error.HTTPError as e:
-                message = _server_message(e.read())
-                if e.code != 429 and e.code < 500:
-                    hint = " (is base_url the API root, like http://HOST:8000/v1?)" if e.code == 404 else ""
-                    raise UserError(f"{url} refused the request: HTTP {e.code} {message}{hint}") from None
-                failure, wait = f"HTTP {e.code} {message}", _retry_after(e.headers)
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                failure = _reason(e)
-            if attempt == self.retries:
-                tries = f"{attempt + 1} tries" if attempt else "1 try"
-                raise UserError(f"{url}: no answer after {tries} ({failure})")
-            time.sleep(wait if wait is not None else min(MAX_WAIT, BACKOFF * 2**attempt * (0.5 + random.random())))
         try:
-            return json.loads(raw)
-        except ValueError:
-            raise UserError(f"{url} answered with something that is not JSON: {_quote(raw)}") from None
+            self.model = model or self.models()[0]
+        except BaseException:
+            for server in self.servers:
+                server.close()
+            raise
 
+    # -- one request, on the least busy server that still answers --------------------------------------------
+    def _pick(self) -> _Server | None:
+        """The least busy server that still answers, once it has fewer than `concurrency` requests in flight (after
+        a server is taken out, the others keep their own limit); None when none is left."""
+        with self._lock:
+            while True:
+                live = [s for s in self.servers if s.out is None]
+                if not live:
+                    return None
+                self._turn += 1
+                order = live[self._turn % len(live):] + live[: self._turn % len(live)]
+                server = min(order, key=lambda s: s.busy)
+                if server.busy < self.per_server:
+                    server.busy += 1
+                    return server
+                self._lock.wait()
+
+    def _request(self, server: _Server, path: str, call: Callable[[Any, dict[str, Any]], Any]) -> Any:
+        """One request through the SDK (which retries it); the parsed JSON answer."""
+        import openai
+
+        url = f"{server.url}/{path}"
+        headers = {} if self.api_key else {"Authorization": openai.omit}  # no key: no Authorization header
+        try:
+            raw = call(server.sdk, headers)
+        except openai.APIStatusError as e:
+            message = _server_message(e.response.content)
+            if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                raise _Unanswered(f"HTTP {e.status_code} {message}") from None
+            hint = " (is base_url the API root, like http://HOST:8000/v1?)" if e.status_code == 404 else ""
+            raise UserError(f"{url} refused the request: HTTP {e.status_code} {message}{hint}") from None
+        except openai.APIConnectionError as e:  # APITimeoutError too
+            raise _Unanswered(_reason(e)) from None
+        content = raw.http_response.content
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise UserError(f"{url} answered with something that is not JSON: {_quote(content)}") from None
+
+    def _send(self, path: str, call: Callable[[Any, dict[str, Any]], Any]) -> tuple[_Server, Any]:
+        while True:
+            server = self._pick()
+            if server is None:
+                raise self._none_left(path)
+            try:
+                return server, self._request(server, path, call)
+            except _Unanswered as e:
+                self._take_out(server, str(e))
+            finally:
+                with self._lock:
+                    server.busy -= 1
+                    self._lock.notify_all()
+
+    def _tries(self) -> str:
+        return f"{self.retries + 1} tries" if self.retries else "1 try"
+
+    def _take_out(self, server: _Server, why: str) -> None:
+        with self._lock:
+            if server.out is not None:
+                return
+            server.out = why
+            left = [s for s in self.servers if s.out is None]
+            self._lock.notify_all()  # a request waiting for a slot may now find none left
+        if left:
+            print(f"{server.url} stopped answering (no answer after {self._tries()}: {why}); its requests go to "
+                  f"the other {len(left)} server(s)", flush=True)
+
+    def _none_left(self, path: str) -> UserError:
+        if len(self.servers) == 1:
+            server = self.servers[0]
+            return UserError(f"{server.url}/{path}: no answer after {self._tries()} ({server.out})")
+        why = "; ".join(f"{s.url}: {s.out}" for s in self.servers)
+        return UserError(f"none of the {len(self.servers)} servers answers {path} after {self._tries()} ({why})")
+
+    # -- the API ---------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        """The model ids the server lists at GET {base_url}/models."""
-        url = f"{self.base_url}/models"
-        answer = self._send(url)
+        """The model ids the server lists at GET {base_url}/models (the first server that answers)."""
+        server, answer = self._send("models", lambda sdk, h: sdk.models.with_raw_response.list(extra_headers=h))
         data = answer.get("data") if isinstance(answer, dict) else None
         ids = [m["id"] for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
         if not ids:
-            raise UserError(f"{url} lists no model ids: {_quote(json.dumps(answer))}; set served_model")
+            raise UserError(f"{server.url}/models lists no model ids: {_quote(json.dumps(answer))}; set served_model")
         return ids
 
     def chat(self, messages: list[Message], params: SamplingParams, n: int, seed: int) -> list[Completion]:
-        """One POST asking for `n` choices; returns the choices the server gave (maybe fewer than `n`)."""
-        body = {**self.extra_body, "model": self.model, "messages": messages, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_new_tokens, "seed": seed}
+        """One request asking for `n` choices; returns the choices the server gave (maybe fewer than `n`)."""
+        fields: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": params.temperature,
+                                  "top_p": params.top_p, "max_tokens": params.max_new_tokens, "seed": seed}
         if n > 1:
-            body["n"] = n
-        answer = self._send(self.url, body)
+            fields["n"] = n
+        extra = self.extra_body or None
+        server, answer = self._send("chat/completions", lambda sdk, h: sdk.chat.completions.with_raw_response.create(
+            **fields, extra_body=extra, extra_headers=h))
         with self._lock:
             self.requests_by_n[n] += 1
-        return self._completions(answer)
+        return self._completions(answer, f"{server.url}/chat/completions")
 
-    def _completions(self, answer: Any) -> list[Completion]:
+    def _completions(self, answer: Any, url: str) -> list[Completion]:
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list) or not choices:
-            raise UserError(f"{self.url} answered without choices: {_quote(json.dumps(answer))}")
+            raise UserError(f"{url} answered without choices: {_quote(json.dumps(answer))}")
         texts, finishes = [], []
         for i, choice in enumerate(choices):
             message = choice.get("message") if isinstance(choice, dict) else None
@@ -250,7 +300,7 @@ class OpenAIClient:
             if content is None and finish == "length":
                 content = ""  # a reasoning server that spent the whole budget thinking
             if not isinstance(content, str):
-                raise UserError(f"{self.url}: choice {i} has no text content: {_quote(json.dumps(choice))}")
+                raise UserError(f"{url}: choice {i} has no text content: {_quote(json.dumps(choice))}")
             texts.append(content)
             finishes.append("length" if finish == "length" else "stop")
         usage = answer.get("usage")
@@ -312,125 +362,8 @@ class OpenAIClient:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the OS picks it); the server binds it a moment later."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _executable(name: str) -> str | None:
-    """`name` next to this Python (the venv's console scripts), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
-
-
-def launch_command(launch: str, model_path: Path, host: str, port: int, where: Placement | None,
-                   field: str = "generate.options") -> list[str]:
-    """The argv that serves `model_path` on host:port, for 'transformers', 'vllm' or a command template."""
-    if launch == "transformers":
-        exe = _executable("transformers")
-        if exe is None or importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
-            raise UserError(f"{field}.launch: 'transformers' needs transformers serve and its server packages; "
-                            f"{SERVE_INSTALL}")
-        argv = [exe, "serve", str(model_path), "--host", host, "--port", str(port)]
-        if where is not None:
-            argv += ["--device", where.device, "--dtype", str(where.dtype).removeprefix("torch.")]
-        return argv
-    template = "vllm serve {model} --host {host} --port {port}" if launch == "vllm" else launch
-    try:
-        argv = [part.format(model=str(model_path), host=host, port=port) for part in shlex.split(template)]
-    except (KeyError, IndexError, ValueError) as e:
-        raise UserError(f"{field}.launch: cannot read the command {template!r} ({type(e).__name__}: {e}); "
-                        "it may use the placeholders {model}, {host} and {port}") from None
-    if "{port}" not in template:
-        raise UserError(f"{field}.launch: the command {template!r} must serve on {{port}} (a free port chosen here)")
-    exe = _executable(argv[0]) if "/" not in argv[0] else (argv[0] if os.access(argv[0], os.X_OK) else None)
-    if exe is None:
-        hint = (" (vllm needs its own environment, see selfplay/generation/vllm.py; then give its path: "
-                "'.venv-vllm/bin/vllm serve {model} --host {host} --port {port}')" if launch == "vllm" else "")
-        raise UserError(f"{field}.launch: command {argv[0]!r} not found{hint}")
-    return [exe, *argv[1:]]
-
-
-class ServerProcess:
-    """A server command in its own process group under a watchdog, its output in a log file; `close()` stops it."""
-
-    def __init__(self, argv: list[str], base_url: str, startup_timeout: float, field: str = "generate.options"):
-        self.argv = argv
-        self.base_url = base_url
-        self.field = field
-        self.folder = Path(tempfile.mkdtemp(prefix="selfplay-server-"))
-        self.log_path = self.folder / "server.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the model is a local folder; nothing goes to the network
-        with open(self.log_path, "wb") as log:
-            self.process: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-c", WATCHDOG, str(os.getpid()), *argv], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-        self.pid = self.process.pid  # the watchdog's, which is also the process group's id
-        atexit.register(self.close)
-        try:
-            self._wait_ready(startup_timeout)
-        except BaseException:
-            self.close(keep_log=True)
-            raise
-
-    def _wait_ready(self, startup_timeout: float) -> None:
-        deadline = time.monotonic() + startup_timeout
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise UserError(f"{self.field}.launch: the server exited with code {code} before it answered: "
-                                f"{shlex.join(self.argv)}; {self.log_tail()}")
-            try:
-                with opener.open(f"{self.base_url}/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (OSError, http.client.HTTPException):
-                pass  # not listening yet, or still loading
-            if time.monotonic() > deadline:
-                raise UserError(f"{self.field}.launch: the server did not answer GET {self.base_url}/models within "
-                                f"{startup_timeout:g} s ({self.field}.startup_timeout): {shlex.join(self.argv)}; "
-                                f"{self.log_tail()}")
-            time.sleep(0.25)
-
-    def log_tail(self, lines: int = 6) -> str:
-        text = self.log_path.read_bytes()[-4000:].decode("utf-8", "replace")
-        last = [s.strip() for s in text.replace("\r", "\n").splitlines() if s.strip()][-lines:]
-        return f"last lines of {self.log_path}: " + (" | ".join(last) if last else "(empty)")
-
-    def close(self, keep_log: bool = False, grace: float = 15.0) -> None:
-        """SIGTERM to the process group, SIGKILL to what is left after `grace` seconds; safe to call twice."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        atexit.unregister(self.close)
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + grace
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        while time.monotonic() < deadline:  # workers the server started (vLLM's engine core) may outlive it briefly
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-        if not keep_log:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        for server in self.servers:
+            server.close()
 
 
 def _token_counter(model_path: Path) -> Callable[[str], int] | None:
@@ -457,9 +390,11 @@ def _check_options(field: str, base_url: Any, launch: Any, served_model: Any, ap
                         f"{{port}}); got {'both' if base_url is not None else 'neither'}")
     problems = {
         "base_url": base_url is not None and not (
-            isinstance(base_url, str) and base_url.startswith(("http://", "https://"))
-            and not base_url.rstrip("/").endswith("/chat/completions")
-        ) and "an http(s) URL of the API root, such as http://127.0.0.1:8000/v1",
+            (urls := [base_url] if isinstance(base_url, str) else base_url if isinstance(base_url, list) else [])
+            and all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                    and not u.rstrip("/").endswith("/chat/completions") for u in urls)
+            and len({u.rstrip("/") for u in urls}) == len(urls)
+        ) and "an http(s) URL of the API root, such as http://127.0.0.1:8000/v1, or a list of distinct ones",
         "launch": launch is not None and not (isinstance(launch, str) and launch.strip())
         and "'transformers', 'vllm' or a command template with {model}, {host} and {port}",
         "served_model": served_model is not None and not (isinstance(served_model, str) and served_model)
@@ -496,7 +431,7 @@ class OpenAIGenerator:
     """The Generator interface over an OpenAI-compatible server; the module docstring gives the options."""
 
     def __init__(
-        self, *, base_url: str | None = None, launch: str | None = None, model_path: Path | None = None,
+        self, *, base_url: str | list[str] | None = None, launch: str | None = None, model_path: Path | None = None,
         served_model: str | None = None, api_key_env: str = "OPENAI_API_KEY", concurrency: int | None = None,
         timeout: float = 600.0, retries: int = 3, startup_timeout: float = 300.0,
         extra_body: Mapping[str, Any] | None = None, where: Placement | None = None, field: str = "generate.options",
@@ -566,8 +501,9 @@ def openai_backend(model_path: Path, where: Placement, **options: Any) -> OpenAI
         raise UserError(f"generate.options: the openai backend does not take {', '.join(unknown)}"
                         + (f" (did you mean {close[0]}?)" if close else f" (it takes {', '.join(sorted(OPTIONS))})"))
     base_url = options.get("base_url")
-    if isinstance(base_url, str) and options.get("launch") is None:
-        key, path = base_url.rstrip("/"), os.path.abspath(model_path)
+    if isinstance(base_url, str | list) and options.get("launch") is None:
+        urls = [base_url] if isinstance(base_url, str) else base_url
+        key, path = ", ".join(str(u).rstrip("/") for u in urls), os.path.abspath(model_path)
         first = _FIXED_SERVERS.get(key)
         if first is not None and first != path:
             raise UserError(f"generate.options.base_url: the server at {key} serves one fixed model, but the run "
