@@ -387,7 +387,7 @@ def test_sigkill_while_revising_resumes_without_redoing_the_critiques_or_doublin
     assert (it / "critique-1.json").is_file() and not (it / "revise-1.json").exists()
     critiques, critique_summary = (it / "critiques-1.jsonl").read_bytes(), (it / "critique-1.json").stat().st_mtime_ns
     samples = (it / "samples.jsonl").read_bytes()
-    before = {json.loads(line)["id"]: json.loads(line) for line in partial.read_text().splitlines()
+    before = {json.loads(line)["id"]: json.loads(line) for line in partial.read_text().split("\n")
               if line.endswith("}")}
 
     proc = run_cli("resume", str(run))
