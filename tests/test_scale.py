@@ -51,6 +51,7 @@ def cluster():
     """A head node that runs no work and two worker nodes of 1 CPU each: the workers' actors land on those."""
     from ray.cluster_utils import Cluster
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     before = set(_ray_processes())
     c = Cluster(initialize_head=True, connect=False,
                 head_node_args={"num_cpus": 0, "include_dashboard": False})

@@ -74,6 +74,8 @@ class RayWorkers:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ} | dict(s.env)
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
         if s.ray_address == "local":
+            # A cluster the run starts sends nothing home unless the user asked Ray to (RAY_USAGE_STATS_ENABLED=1).
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             # "local" always starts a new cluster, even where RAY_ADDRESS or a running cluster would be joined
             kwargs.update(address="local", num_cpus=max(1, int(s.workers * s.num_cpus + 0.999)),
                           include_dashboard=False)
