@@ -56,18 +56,21 @@ class ModelPool:
             self._loaded[path] = build_generator(self.backend, path, self.where, self.options)
         return self._loaded[path]
 
-    def release(self) -> None:
-        """Close every loaded model (before training loads its own copy, and at the end of a run)."""
+    def _close_loaded(self) -> None:
         while self._loaded:
             self._loaded.popitem()[1].close()
+
+    def release(self) -> None:
+        """Close every loaded model, here and on the Ray workers (before training loads its own copy)."""
+        self._close_loaded()
         if self.workers is not None:
             self.workers.release()
         gc.collect()
 
     def close(self) -> None:
-        """Close every model here, and stop the Ray workers at once (and a cluster the run started)."""
-        while self._loaded:
-            self._loaded.popitem()[1].close()
+        """At the end of a run: close every model here, and stop the Ray workers at once (and a cluster the run
+        started) instead of asking each to free its models first."""
+        self._close_loaded()
         if self.workers is not None:
             self.workers.shutdown()
 

@@ -149,19 +149,20 @@ def open_run(
         models = RunModels(ModelPool(where, cfg.generate.backend, cfg.generate.options, workers=workers), base_path)
         controls, new_controls = load_controls(rundir, cfg, cfg.verify.strict_format, models)
         v = cfg.verify
-        spec = {"task_default": task.default_verifier, "strict_format": v.strict_format,
-                "judge": cfg.judge.model_dump(mode="json"), "seed": cfg.seed}
-        verifier = fan_out_verifier(build_verifier(
-            v.verifier, task.default_verifier, strict_format=v.strict_format, options=v.options, run=models,
-            judge=cfg.judge, seed=cfg.seed), cfg.scale, workers, models,
-            {**spec, "name": v.verifier, "options": v.options, "field": "verify.verifier"})
+
+        def verifier_for(name: str, options: dict[str, Any], field: str):
+            # Built here, and described by the same arguments so a Ray worker can build it too (scale.verify).
+            spec = {"name": name, "task_default": task.default_verifier, "strict_format": v.strict_format,
+                    "options": options, "field": field, "judge": cfg.judge.model_dump(mode="json"), "seed": cfg.seed}
+            local = build_verifier(name, task.default_verifier, strict_format=v.strict_format, options=options,
+                                   run=models, field=field, judge=cfg.judge, seed=cfg.seed)
+            return fan_out_verifier(local, cfg.scale, workers, models, spec)
+
+        verifier = verifier_for(v.verifier, v.options, "verify.verifier")
         gold_name = cfg.guards.gold_verifier
         if unlabelled and gold_name is not None and reads_labels(gold_name, task.default_verifier):
             gold_name = None  # nothing to check against
-        gold = None if gold_name is None else fan_out_verifier(build_verifier(
-            gold_name, task.default_verifier, strict_format=v.strict_format, run=models, field="guards.gold_verifier",
-            judge=cfg.judge, seed=cfg.seed), cfg.scale, workers, models,
-            {**spec, "name": gold_name, "options": {}, "field": "guards.gold_verifier"})
+        gold = None if gold_name is None else verifier_for(gold_name, {}, "guards.gold_verifier")
         rundir.freeze_config(cfg)
         if problems.new:
             freeze_problems(rundir, problems)

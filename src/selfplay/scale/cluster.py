@@ -111,10 +111,10 @@ class RayWorkers:
 
     def release(self) -> None:
         """Ask every worker to free its models (the driver is about to train); a dead worker is skipped."""
-        if not self.actors:
+        refs = [a.release.remote() for a in self.actors if a is not None]
+        if not refs:
             return
         ray = _ray()
-        refs = [a.release.remote() for a in self.actors if a is not None]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=60)
         for ref in ready:
             try:

@@ -51,13 +51,12 @@ class RayGenerator:
         handouts = [Handout(chunk[0].id, "generate", (str(self.path), [to_dict(p) for p in chunk], asdict(params),
                                                       batch_size), [p.id for p in chunk])
                     for chunk in (problems[b: b + size] for b in range(0, len(problems), size))]
-        written: set[str] = set()
+        # workers.run yields each handout once (a late answer from a worker given up on is never read), and a
+        # problem is in one handout: each problem comes back once.
         for _, (model_name, results) in self.workers.run(handouts):
             self.model_name = model_name
-            fresh = [(by_id[pid], [Completion(**c) for c in cs]) for pid, cs in results if pid not in written]
-            written.update(p.id for p, _ in fresh)
-            if fresh:
-                yield fresh
+            if results:
+                yield [(by_id[pid], [Completion(**c) for c in cs]) for pid, cs in results]
 
     def __getattr__(self, name: str) -> Any:
         # Anything but sampling (a judge's option log-probabilities, the tokenizer) runs on a local copy.

@@ -31,8 +31,6 @@ from selfplay.models import Placement, placement
 from selfplay.records import from_dict, to_dict
 from selfplay.training.common import discard_partial
 
-TAIL_LINES = 12  # lines of the ranks' output quoted when a launch fails
-
 
 def _free_port() -> int:
     with socket.socket() as s:
