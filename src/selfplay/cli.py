@@ -7,6 +7,7 @@
     selfplay review RUN_DIR                        show the training examples waiting for review
     selfplay approve RUN_DIR [--reject ID ...]     let a waiting run go on, without the rejected examples
     selfplay reject RUN_DIR [--reason TEXT]        stop a waiting run
+    selfplay serve [RUNS_DIR]                      web app: watch runs, review, judge iterations blind
     selfplay export RUN_DIR OUT_DIR                copy the best iteration's model (or --iteration N)
     selfplay judge [CONFIG] --prompt P --response R  score responses with the config's LLM judge (or --file)
     selfplay sandbox PROGRAM.py --tests TESTS.py   run a program against its tests in the sandbox (JSON verdict)
@@ -194,7 +195,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     from selfplay.loop.review import decide
 
-    print(decide(Path(args.run_dir), "approved", args.reject or []))
+    print(decide(Path(args.run_dir), "approved", args.reject or [], flipped_ids=args.flip or [],
+                 who=os.environ.get("USER", "")))
     return 0
 
 
@@ -202,6 +204,13 @@ def cmd_reject(args: argparse.Namespace) -> int:
     from selfplay.loop.review import decide
 
     print(decide(Path(args.run_dir), "rejected", reason=args.reason))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from selfplay.web.server import serve
+
+    serve(Path(args.runs_dir), args.host, args.port, args.allow_remote)
     return 0
 
 
@@ -220,7 +229,8 @@ def cmd_train_rm(args: argparse.Namespace) -> int:
     from selfplay.preferences import train_rm
 
     cfg = configlib.load_config(None, args.overrides)
-    figures = train_rm(Path(args.pairs), Path(args.out), cfg, args.heldout, args.max_length, args.force)
+    figures = train_rm(Path(args.pairs), Path(args.out), cfg, args.heldout, args.max_length, args.force,
+                       Path(args.human) if args.human else None, args.human_weight)
     acc = figures.get("accuracy")
     held = (f"{acc:.1%} of {figures['heldout_pairs']} held-out pairs ranked right" if acc is not None
             else "no pairs held out")
@@ -232,7 +242,7 @@ def cmd_train_rm(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "resume": cmd_resume, "eval": cmd_eval, "report": cmd_report, "review": cmd_review,
     "approve": cmd_approve, "reject": cmd_reject, "export": cmd_export, "init": cmd_init, "judge": cmd_judge,
-    "sandbox": cmd_sandbox, "train-rm": cmd_train_rm,
+    "sandbox": cmd_sandbox, "train-rm": cmd_train_rm, "serve": cmd_serve,
 }
 
 
@@ -270,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("approve", help="let a run waiting for review go on")
     p.add_argument("run_dir")
     p.add_argument("--reject", nargs="+", metavar="EXAMPLE_ID", help="example ids to remove before training")
+    p.add_argument("--flip", nargs="+", metavar="PAIR_ID", help="preference pairs to train the other way round")
 
     p = sub.add_parser("reject", help="stop a run waiting for review")
     p.add_argument("run_dir")
@@ -308,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.1, help="share of pairs held out to measure accuracy (0.1)")
     p.add_argument("--max-length", type=int, default=1024, help="longest prompt + answer in tokens (1024)")
     p.add_argument("--force", action="store_true", help="replace a reward model already in OUT")
+    p.add_argument("--human", metavar="HUMAN.jsonl", help="people's pairs to join the AI's (a run's "
+                   "human-preferences.jsonl): a person's order wins on the same two answers")
+    p.add_argument("--human-weight", type=int, default=2, help="times a person's pair counts (2)")
+
+    p = sub.add_parser("serve", help="a web app for people in the loop: watch runs, review training data, judge "
+                       "iterations blind")
+    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="the folder of run folders (runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1; another needs --allow-remote)")
+    p.add_argument("--port", type=int, default=8765, help="port (8765; 0 picks a free one)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host that is not loopback (with a warning)")
 
     p = sub.add_parser("init", help="write a commented starter config")
     p.add_argument("path", nargs="?", default="selfplay.yaml")

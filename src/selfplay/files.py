@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,31 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
     atomic_write_text(path, "".join(lines))
     return len(lines)
+
+
+def create_json_once(path: Path, data: Any) -> bool:
+    """Write `data` to `path` only if no file is there; True if this call wrote it, False if one already was.
+
+    The file appears whole or not at all (a complete temporary file is linked into place, and a link never
+    replaces), so of two processes that race, the first stands and the second learns it lost.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    except OSError as e:
+        raise WriteError(path, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
 
 
 def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:

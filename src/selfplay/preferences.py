@@ -22,6 +22,7 @@ from typing import Any
 from selfplay.config import RunConfig
 from selfplay.errors import UserError
 from selfplay.files import atomic_write_json, iter_jsonl
+from selfplay.filters.human import combine
 from selfplay.models import placement, resolve_model_path
 from selfplay.records import Message, Problem
 
@@ -99,37 +100,59 @@ def heldout_accuracy(model_dir: Path, pairs: list[PreferencePair]) -> dict[str, 
             "mean_margin": sum(margins) / len(margins)}
 
 
+def _same_pair(p: PreferencePair) -> tuple[str, frozenset[str]]:
+    return repr(p.prompt), frozenset((p.chosen.strip(), p.rejected.strip()))
+
+
 def train_rm(pairs_path: Path, out: Path, cfg: RunConfig, heldout: float = 0.1, max_length: int = 1024,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, human_path: Path | None = None, human_weight: int = 2) -> dict[str, Any]:
     """Train a reward model on a pair file into `out`; return (and write to out/rm_eval.json) its figures.
 
+    With `human_path` (a run's human-preferences.jsonl), people's pairs join the AI's by `filters.human`'s rule:
+    a person's order replaces the AI's on the same two answers, and a person's pair counts `human_weight` times.
     A killed training resumes from its last checkpoint (in OUT.trainer/) when run again with the same arguments.
     """
     out, pairs_path = Path(out), Path(pairs_path)
     if (out / "config.json").is_file() and not force:
         raise UserError(f"{out}: a model is already there; pass --force to replace it")
+    if human_weight < 1:
+        raise UserError(f"--human-weight: {human_weight} must be 1 or more")
     pairs = read_pairs(pairs_path)
+    extra: dict[str, Any] = {"pairs_file": str(pairs_path.resolve())}
+    weights = None
+    if human_path is not None:
+        human = read_pairs(Path(human_path))
+        pairs, people, dropped = combine(pairs, human, _same_pair)
+        weights = [human_weight if h else 1 for h in people]
+        extra.update(human_file=str(Path(human_path).resolve()), human_pairs=len(human), human_weight=human_weight,
+                     ai_pairs_replaced_by_people=dropped)
     if force and (out / "config.json").is_file():
         shutil.rmtree(out)
-    return train_on_pairs(pairs, out, cfg, resolve_model_path(cfg.model.path), heldout, max_length,
-                          {"pairs_file": str(pairs_path.resolve())}, where=str(pairs_path))
+    return train_on_pairs(pairs, out, cfg, resolve_model_path(cfg.model.path), heldout, max_length, extra,
+                          where=str(pairs_path), weights=weights)
 
 
 def train_on_pairs(pairs: list[PreferencePair], out: Path, cfg: RunConfig, base: Path, heldout: float = 0.1,
-                   max_length: int = 1024, extra: dict[str, Any] | None = None, where: str = "pairs") -> dict[str, Any]:
+                   max_length: int = 1024, extra: dict[str, Any] | None = None, where: str = "pairs",
+                   weights: list[int] | None = None) -> dict[str, Any]:
     """Hold out a seeded share, train on the rest from `base` into `out`, score the held-out pairs, write the
-    figures to out/rm_eval.json and return them."""
+    figures to out/rm_eval.json and return them. A pair of weight w is trained on w times; the split is made
+    first, so no copy of a held-out pair is trained on."""
     from selfplay.training.reward_model import train_reward_model
 
+    weight_of = {id(p): w for p, w in zip(pairs, weights, strict=True)} if weights is not None else {}
     train, held = split_pairs(pairs, heldout, cfg.seed)
     if not train:
         raise UserError(f"{where}: {len(pairs)} pair(s) leave none to train on after holding out {heldout:.0%}")
+    if weights is not None:
+        train = [p for p in train for _ in range(weight_of[id(p)])]
     start = time.perf_counter()
     print(f"train-rm: {len(train)} pairs to train on, {len(held)} held out, from {base}", flush=True)
     stats = train_reward_model(base, [(p.prompt, p.chosen, p.rejected) for p in train], out,
                                out.with_name(out.name + ".trainer"), cfg.train,
                                placement(cfg.model.device, cfg.model.dtype), cfg.seed, max_length)
-    figures = {**(extra or {}), "base_model": str(base), "pairs": len(pairs), **heldout_accuracy(out, held),
+    figures = {**(extra or {}), "base_model": str(base), "pairs": len(pairs), "trained_rows": len(train),
+               **heldout_accuracy(out, held),
                "train": stats, "seconds": time.perf_counter() - start}
     atomic_write_json(out / EVAL_FILE, figures)
     return figures

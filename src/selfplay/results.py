@@ -13,9 +13,11 @@ from typing import Any
 from selfplay.files import read_json
 
 GUARDS = ("degradation", "forgetting", "reward_hacking", "pseudo_labels", "mode_collapse", "contamination",
-          "persistent_failures", "win_rate")
+          "persistent_failures", "win_rate", "human_eval")
 # The held-out figure the self-consistency stop rule reads (stop.self_consistency_rise).
 CONFIDENTLY_WRONG = "heldout_confidently_wrong"
+# The blind human evaluation's win rate (review.human_eval), read by stop.min_human_win_rate.
+HUMAN_WIN_RATE = "human_win_rate"
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,10 @@ class Evaluation:
         share = ((pl.get("heldout") or {}).get("confidently_wrong_share") if pl else None)
         if share is not None:
             row[CONFIDENTLY_WRONG] = share
+        human = self.guards.get("human_eval")
+        if human is not None and human.get("win_rate") is not None:
+            row[HUMAN_WIN_RATE] = human.get("win_rate")
+            row[f"{HUMAN_WIN_RATE}_ci95"] = human.get("ci95")
         return row
 
     def figures(self) -> dict[str, Any]:
@@ -149,6 +155,11 @@ class Evaluation:
             for key in ("win_rate", "lc_win_rate"):
                 if wr.figures.get(key) is not None:
                     out[f"judge/{key}"] = wr.figures[key]
+        human = self.guards.get("human_eval")
+        if human is not None and human.get("win_rate") is not None:
+            out["human/win_rate"] = human.get("win_rate")
+            out["human/ci95"] = human.get("ci95")
+            out["human/compared"] = human.get("compared")
         rl = self.guards.get("rl")
         if rl is not None:  # online RL: the iteration's last reward, gold, KL and entropy, and its signal
             for key in ("reward_last", "gold_last", "kl_last", "entropy_last", "zero_spread_share", "truncated_share"):

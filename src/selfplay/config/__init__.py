@@ -266,6 +266,10 @@ class StopConfig(_Section):
         "sampled majority is confident and wrong is more than this above iteration 0's and still growing (above the "
         "previous iteration's) (verify.verifier: majority on a task with labels; null: off).",
     )
+    min_human_win_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Degraded when people, in a blind human evaluation (review.human_eval), "
+        "prefer the new answers less often than this (0.5: less than the reference's; null: off).",
+    )
     on_degrade: Literal["stop", "rollback"] = Field(
         "stop",
         description="On degradation: stop (the best iteration is marked for export) or roll back (the next "
@@ -354,6 +358,19 @@ class ReviewConfig(_Section):
     every: int = Field(0, ge=0, description="Pause after the filter stage of every Nth iteration for review (0: off).")
     sample_size: int = Field(20, ge=1, description="Training examples shown to the reviewer.")
     poll_seconds: float = Field(2.0, gt=0.0, description="How often a waiting run checks for a decision.")
+    human_eval: int = Field(
+        0, ge=0, description="Blind human evaluation every Nth iteration (0: off): the eval stage shows a person two "
+        "held-out answers per prompt, this iteration's and the reference's, in random order, and waits for a "
+        "verdict on each (selfplay serve).",
+    )
+    human_eval_size: int = Field(20, ge=1, description="Held-out prompts per blind human evaluation.")
+    human_eval_against: Literal["first", "best"] = Field(
+        "first", description="The other side of each blind pair: iteration 0's answer, or the best iteration's so far."
+    )
+    human_weight: int = Field(
+        2, ge=1, description="Times a training pair a person confirmed or flipped in review counts in DPO (an AI "
+        "pair counts once).",
+    )
 
 
 class RunConfig(_Section):

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from selfplay import progress
 from selfplay.interfaces import Completion, Generator, SamplingParams
 from selfplay.records import Problem, Sample, sample_id
 
@@ -43,6 +44,7 @@ def sample_batches(
             ]
             tokens += sum(s.num_tokens for s in samples)
             bar.update(len(samples))
+            progress.report(bar.n, bar.total, "sample")
             bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):.0f}", refresh=False)
             yield samples
     finally:

@@ -6,7 +6,8 @@ The iteration cap always holds (config). The others are optional:
   interval's upper end is under the best value; or a control task falls `control_max_drop` below
   iteration 0 (forgetting); or, in a run trained on its own majority answers, the share of held-out problems
   whose sampled majority is confident and wrong grows `self_consistency_rise` past iteration 0's (the
-  self-consistency ceiling). On degradation the run stops (or rolls back to the best model), and the best
+  self-consistency ceiling); or people prefer the new answers less than `min_human_win_rate` in a blind
+  evaluation (review.human_eval). On degradation the run stops (or rolls back to the best model), and the best
   iteration, not the last, is the one `selfplay export` hands out.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfplay.config import StopConfig
-from selfplay.results import CONFIDENTLY_WRONG, Decision
+from selfplay.results import CONFIDENTLY_WRONG, HUMAN_WIN_RATE, Decision
 
 
 def best_iteration(rows: Sequence[dict[str, Any]], metric: str) -> int:
@@ -57,6 +58,11 @@ def decide(
                     f"(more than {cfg.control_max_drop:.1%}): the model is forgetting"
                 )
     reasons += self_consistency_ceiling(rows, cfg.self_consistency_rise)
+    people = current.get(HUMAN_WIN_RATE)
+    if i > 0 and cfg.min_human_win_rate is not None and people is not None and people < cfg.min_human_win_rate:
+        lo, hi = current.get(f"{HUMAN_WIN_RATE}_ci95") or (people, people)
+        reasons.append(f"people preferred this iteration's answers {people:.0%} of the time in a blind evaluation "
+                       f"(95% interval {lo:.0%}-{hi:.0%}), under stop.min_human_win_rate {cfg.min_human_win_rate:.0%}")
 
     def decision(action: str, degraded: bool = False, why: Sequence[str] = ()) -> Decision:
         return Decision(action, i, best, metric, best_value, degraded, list(why))

@@ -17,7 +17,7 @@ from selfplay.config import RunConfig
 from selfplay.generation import build_generator
 from selfplay.guards.contamination import ContaminationIndex, build_index
 from selfplay.interfaces import Generator, SamplingParams, Task, Trainer
-from selfplay.loop import review, stages
+from selfplay.loop import human_eval, review, stages
 from selfplay.loop.rundir import STAGES, RunDir, load_records
 from selfplay.loop.runner import run_stage
 from selfplay.models import Placement, resolve_model_path
@@ -229,6 +229,7 @@ class RunContext:
         summary = self._stage(i, "review", lambda: review.gate(
             it_dir, self.rundir.path, self.train_problems, r.sample_size, self.cfg.seed + i, r.poll_seconds))
         review.raise_if_rejected(it_dir, summary)
+        human_eval.write_preferences(self.rundir)  # the pairs this person confirmed or flipped, as human rows
         return summary.get("rejected_ids", [])
 
     def train(self, i: int, trainer: Trainer, init: Path, fallback: Path, removed: Sequence[str] = ()) -> Path:
@@ -237,6 +238,8 @@ class RunContext:
         cfg = self.cfg
         if cfg.train.launcher == "accelerate":
             trainer = AccelerateLaunch(trainer)
+        human = review.human_labelled(it_dir)  # pairs a person confirmed or flipped in this iteration's review
         summary = self._stage(i, "train", lambda: stages.train(
-            it_dir, trainer, init, fallback, cfg.train, self.where, cfg.seed + i, self.pool.release, removed))
+            it_dir, trainer, init, fallback, cfg.train, self.where, cfg.seed + i, self.pool.release, removed,
+            human, cfg.review.human_weight))
         return fallback if summary["skipped"] else it_dir / summary["model"]

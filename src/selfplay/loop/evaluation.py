@@ -29,6 +29,7 @@ from selfplay.guards.diversity import diversity_metrics
 from selfplay.guards.embedding import embedding_spread, find_embedding_model
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
 from selfplay.interfaces import Generator
+from selfplay.loop import human_eval
 from selfplay.loop.context import RunContext
 from selfplay.loop.pseudo_label_audit import pseudo_label_guard
 from selfplay.records import Problem, Sample, Verdict, from_dict, to_dict
@@ -245,6 +246,23 @@ def _win_rate(ctx: RunContext, greedy: list[Sample], seed: int) -> GuardResult:
     return GuardResult("alarm" if alarms else "ok", alarms, notes, figures)
 
 
+def _human_eval(ctx: RunContext, i: int, result: Evaluation, greedy: list[Sample], history: list[Evaluation],
+                judge: GuardResult | None) -> GuardResult:
+    """The blind human checkpoint against iteration 0 or the best so far, with where gold and the judge disagree."""
+    r = ctx.cfg.review
+    last = history[-1].decision if history else None
+    against = last.best_iteration if r.human_eval_against == "best" and last is not None else 0
+    old = [s for s, _ in read_verdicts(ctx.rundir.iter_dir(against) / "eval_samples.jsonl")]
+    found = human_eval.checkpoint(ctx.rundir, i, against, ctx.heldout, greedy, old, r.human_eval_size,
+                                  ctx.cfg.seed + 7919 * i, r.poll_seconds)
+    reference = next((e for e in history if e.iteration == against), None)
+    gold_change = None
+    if ctx.gold is not None and reference is not None:  # held-out accuracy is gold's where a gold checker exists
+        gold_change = result.metrics["greedy_accuracy"] - reference.metrics["greedy_accuracy"]
+    judged = judge.get("win_rate") if judge is not None and against == 0 else None  # the judge compares with 0
+    return human_eval.disagreement(found, gold_change, judged)
+
+
 def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, Any]:
     """Evaluate the model iteration `i` produced, run the guards, and decide whether the run goes on."""
     it_dir = ctx.rundir.iter_dir(i)
@@ -299,6 +317,8 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
         guards["win_rate"] = _win_rate(ctx, heldout.greedy, seed)
     if steps_file.is_file():  # online RL: its updates' signal, entropy and truncation
         guards["rl"] = rl_signal.audit(rl_steps, cfg.rl.min_signal, cfg.rl.min_entropy_ratio)
+    if human_eval.due(cfg.review.human_eval, i):  # people, blind: waits for their verdicts
+        guards["human_eval"] = _human_eval(ctx, i, result, heldout.greedy, history, guards.get("win_rate"))
 
     filter_summary = it_dir / "filter.json"
     dropped = read_json(filter_summary).get("contaminated", 0) if filter_summary.is_file() else 0

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from selfplay.errors import UserError
-from selfplay.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from selfplay.files import atomic_write_json, atomic_write_text, create_json_once, read_json, read_jsonl
 from selfplay.loop.rundir import RunDir
-from selfplay.records import Problem
+from selfplay.records import Pair, Problem
 
 REQUEST, DECISION, SUMMARY, PAGE = "review.request.json", "review.decision.json", "review.json", "review.html"
 
@@ -128,31 +128,94 @@ def latest_request(run_path: Path) -> Path | None:
     return requests[-1] if requests else None
 
 
-def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reason: str | None = None) -> str:
-    """Record a reviewer's decision for the waiting iteration; giving the same decision twice is harmless."""
+def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reason: str | None = None,
+           flipped_ids: Sequence[str] = (), who: str = "") -> str:
+    """Record a reviewer's decision for the waiting iteration; giving the same decision twice is harmless.
+
+    `flipped_ids` names preference pairs the person thinks are the wrong way round: they train with the sides
+    swapped. Of two people deciding at once, the first decision stands and the second gets a UserError.
+    """
     run_path = RunDir(run_path).require().path
     it_dir = pending(run_path)
     if it_dir is None:
         last = latest_request(run_path)
         if last is not None and (last / DECISION).is_file():
-            earlier = read_json(last / DECISION)
-            if earlier["decision"] == decision and sorted(earlier.get("rejected_ids", [])) == sorted(rejected_ids):
-                return f"{last.name}: already {decision}; nothing to do"
-            raise UserError(f"{last.name}: already {earlier['decision']}; a decision cannot be changed")
+            return _same_or_refuse(last, decision, rejected_ids, flipped_ids)
         raise UserError(f"{run_path}: no iteration is waiting for review")
-    known = {r.id for r in RunDir(run_path).train_records(RunDir.iteration_of(it_dir)) or []}
-    unknown = [r for r in rejected_ids if r not in known]
+    records = RunDir(run_path).train_records(RunDir.iteration_of(it_dir)) or []
+    known = {r.id for r in records}
+    unknown = [r for r in [*rejected_ids, *flipped_ids] if r not in known]
     if unknown:
         raise UserError(f"{it_dir.name}: no training example with id {unknown[0]!r} (see selfplay review {run_path})")
+    pairs = {r.id for r in records if isinstance(r, Pair)}
+    not_pairs = [r for r in flipped_ids if r not in pairs]
+    if not_pairs:
+        raise UserError(f"{it_dir.name}: example {not_pairs[0]!r} is not a preference pair; only a pair can be flipped")
+    both = sorted(set(rejected_ids) & set(flipped_ids))
+    if both:
+        raise UserError(f"{it_dir.name}: example {both[0]!r} is both rejected and flipped; choose one")
     record: dict[str, Any] = {
         "decision": decision, "rejected_ids": sorted(set(rejected_ids)),
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if flipped_ids:
+        record["flipped_ids"] = sorted(set(flipped_ids))
     if reason:
         record["reason"] = reason
-    atomic_write_json(it_dir / DECISION, record)
+    if who:
+        record["who"] = " ".join(str(who).split())[:80]
+    if not create_json_once(it_dir / DECISION, record):  # someone decided a moment ago: theirs stands
+        return _same_or_refuse(it_dir, decision, rejected_ids, flipped_ids)
     removed = f", {len(record['rejected_ids'])} example(s) removed" if record["rejected_ids"] else ""
-    return f"{it_dir.name}: {decision}{removed}"
+    flipped = f", {len(flipped_ids)} pair(s) flipped" if flipped_ids else ""
+    return f"{it_dir.name}: {decision}{removed}{flipped}"
+
+
+def _same_or_refuse(it_dir: Path, decision: str, rejected_ids: Sequence[str], flipped_ids: Sequence[str]) -> str:
+    earlier = read_json(it_dir / DECISION)
+    if (earlier["decision"] == decision and sorted(earlier.get("rejected_ids", [])) == sorted(set(rejected_ids))
+            and sorted(earlier.get("flipped_ids", [])) == sorted(set(flipped_ids))):
+        return f"{it_dir.name}: already {decision}; nothing to do"
+    by = f" by {earlier['who']}" if earlier.get("who") else ""
+    raise UserError(f"{it_dir.name}: already {earlier['decision']}{by} at {earlier.get('decided_at', '?')}; "
+                    "a decision cannot be changed")
+
+
+def preference_rows(rundir: RunDir) -> list[dict[str, Any]]:
+    """Preference pairs a person saw in an approved review, as {prompt, chosen, rejected, who, when, ...} rows.
+
+    A pair shown and kept is one the person confirmed; a flipped pair is written the way the person ordered it.
+    Rejected pairs make no row. Pairs the person was not shown (the sample is a share of the data) make none.
+    """
+    rows = []
+    for d in rundir.iter_dirs():
+        if not (d / REQUEST).is_file() or not (d / DECISION).is_file():
+            continue
+        decision = read_json(d / DECISION)
+        if decision["decision"] != "approved":
+            continue
+        rejected, flipped = set(decision.get("rejected_ids", [])), set(decision.get("flipped_ids", []))
+        for ex in read_json(d / REQUEST)["shown"]:
+            if "rejected" not in ex or ex["id"] in rejected:
+                continue
+            chosen, other = (ex["rejected"], ex["completion"]) if ex["id"] in flipped else (ex["completion"],
+                                                                                          ex["rejected"])
+            rows.append({"prompt": ex["question"], "chosen": chosen, "rejected": other,
+                         "who": decision.get("who") or "anonymous", "when": decision["decided_at"],
+                         "note": decision.get("reason", ""), "source": "review", "split": "train",
+                         "problem_id": ex["problem_id"], "iteration": RunDir.iteration_of(d), "id": ex["id"],
+                         "flipped": ex["id"] in flipped})
+    return rows
+
+
+def human_labelled(it_dir: Path) -> tuple[set[str], set[str]]:
+    """(ids of the pairs a person confirmed or flipped in this iteration's approved review, ids flipped)."""
+    if not (it_dir / DECISION).is_file() or not (it_dir / REQUEST).is_file():
+        return set(), set()
+    decision = read_json(it_dir / DECISION)
+    rejected = set(decision.get("rejected_ids", []))
+    shown = {ex["id"] for ex in read_json(it_dir / REQUEST)["shown"] if "rejected" in ex}
+    return shown - rejected, set(decision.get("flipped_ids", []))
 
 
 def _printable(text: object) -> str:

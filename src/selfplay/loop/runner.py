@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from selfplay import progress
 from selfplay.files import atomic_write_json, read_json
 from selfplay.loop.rundir import RunDir
 
@@ -22,8 +23,12 @@ def run_stage(rundir: RunDir, i: int, name: str, fn: Callable[[], dict[str, Any]
         return read_json(summary_path)
     it_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_state(status="running", iteration=i, stage=name)
+    progress.start(rundir.path, i, name)
     start = time.perf_counter()
-    summary = fn()
+    try:
+        summary = fn()
+    finally:
+        progress.stop()
     if not isinstance(summary, dict):
         raise TypeError(f"stage '{name}' of iteration {i} returned {type(summary).__name__}; a stage returns its "
                         f"summary as a dict (it is written to {name}.json)")

@@ -16,8 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from selfplay import progress
 from selfplay.errors import WriteError, write_failure
 from selfplay.files import JsonlAppender, atomic_write_jsonl, read_jsonl, recover_partial_jsonl
+from selfplay.filters.human import weigh_pairs
 from selfplay.generation import SamplingParams, sample_batches
 from selfplay.guards.contamination import ContaminationIndex, split_contaminated
 from selfplay.interfaces import Generator, GroupVerifier, StreamVerifier, Trainer
@@ -137,11 +139,15 @@ def verify(
     with JsonlAppender(partial) as sink:
         if isinstance(verifier, StreamVerifier):
             # Each verdict is written as it finishes: a killed stage re-runs none that was written.
-            for _, v in verifier.verify_stream([(by_id[s.problem_id], s) for s in todo]):
+            for n, (_, v) in enumerate(verifier.verify_stream([(by_id[s.problem_id], s) for s in todo]), 1):
                 sink.write_many([to_dict(v)])
+                progress.report(len(done) + n, len(samples), "sample")
         else:
+            judged = len(done)
             for chunk in _batches(todo, batch_size, whole=isinstance(verifier, GroupVerifier)):
                 sink.write_many(to_dict(v) for v in verify_all(verifier, [(by_id[s.problem_id], s) for s in chunk]))
+                judged += len(chunk)
+                progress.report(judged, len(samples), "sample")
     # Verdicts in sample order, whatever order the batches finished in.
     order = {s.id: n for n, s in enumerate(samples)}
     verdicts = sorted(load_records(partial, Verdict), key=lambda v: order[v.sample_id])
@@ -225,16 +231,21 @@ def filter_(
 
 def train(
     it_dir: Path, trainer: Trainer, init_path: Path, fallback_path: Path, cfg: Any, where: Any, seed: int,
-    free_memory: Callable[[], None], removed: Sequence[str] = (),
+    free_memory: Callable[[], None], removed: Sequence[str] = (), human: tuple[set[str], set[str]] = (set(), set()),
+    human_weight: int = 1,
 ) -> dict[str, Any]:
     """Fine-tune `init_path` on this iteration's records into it_dir/model; with none the model stays `fallback_path`.
 
-    `removed` lists record ids a reviewer rejected; they are left out.
+    `removed` lists record ids a reviewer rejected; they are left out. `human` holds the ids of the pairs a person
+    confirmed and of those they flipped in review: flipped pairs train swapped, and both count `human_weight` times.
     """
     records = load_records(it_dir / TRAIN_FILES[trainer.record_type], trainer.record_type)
     if removed:
         left_out = set(removed)
         records = [r for r in records if r.id not in left_out]
+    people: dict[str, int] = {}
+    if human[0] or human[1]:
+        records, people = weigh_pairs(records, human[0], human[1], human_weight)
     if (it_dir / "model" / "config.json").is_file():
         # Killed after the trainer put model/ in place (its last act, atomic) but before this summary.
         _log(f"{it_dir.name}/train: model/ is already complete; not training again")
@@ -258,4 +269,5 @@ def train(
             raise WriteError(it_dir, f"training: {reason}") from None
         summary = {"skipped": False, "model": "model", "init_from": str(init_path), "examples": len(records), **stats}
     summary["removed_by_review"] = len(removed)
+    summary.update(people)
     return summary

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from selfplay import progress
 from selfplay.config import TrainConfig
 from selfplay.errors import disk_full
 from selfplay.files import atomic_replace_dir
@@ -90,6 +91,7 @@ def train_and_save(trainer, cfg: TrainConfig, out_dir: Path, work_dir: Path, tok
     """Train (from the latest checkpoint, if any), write the merged model to `out_dir`, and the common figures."""
     resume_from = latest_checkpoint(work_dir)
     start = time.perf_counter()
+    trainer.add_callback(progress.trainer_callback())  # each step into the run's progress.json
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
     except BaseException as e:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from selfplay import progress
 from selfplay.config import RLConfig, TrainConfig
 from selfplay.errors import UserError
 from selfplay.interfaces import SamplingParams
@@ -175,6 +176,7 @@ class _Progress:
                 outer.bar = tqdm(total=outer.total, initial=state.global_step, desc=outer.desc, unit="step")
 
             def on_step_end(self, args, state, control, **kwargs):
+                progress.report(state.global_step, outer.total, "step")
                 if outer.bar is not None:
                     outer.bar.update(state.global_step - outer.bar.n)
 

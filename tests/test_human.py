@@ -1,0 +1,148 @@
+"""People in the loop without a browser: the blind human evaluation inside a real run, its stop rule, the
+preference rows it writes, how people's pairs join the AI's, and the first-decision-stands rule under a race."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from selfplay.errors import UserError
+from selfplay.files import create_json_once, read_jsonl
+from selfplay.filters.human import weigh_pairs
+from selfplay.loop import human_eval, review
+from selfplay.records import Pair
+from selfplay.results import GuardResult
+from tests.conftest import run_cli, tiny_overrides
+from tests.test_review import _start, _wait_for
+
+
+def human_run_args(tiny_model, sums_jsonl, tmp_path, **extra):
+    """A tiny RFT run that pauses for review and then for a blind evaluation of 4 pairs."""
+    return tiny_overrides(tiny_model, sums_jsonl, tmp_path, **{
+        "review.every": 1, "review.poll_seconds": 0.2, "review.sample_size": 3, "review.human_eval": 1,
+        "review.human_eval_size": 4, "task.eval_size": 10, "train.learning_rate": 0.02, "train.epochs": 2,
+        "generate.max_new_tokens": 8, "eval.max_new_tokens": 8, **extra})
+
+
+@pytest.mark.e2e
+def test_blind_evaluation_in_a_run_reaches_eval_json_and_stops_the_run(tiny_model, sums_jsonl, tmp_path):
+    proc = _start(["run", *human_run_args(tiny_model, sums_jsonl, tmp_path, **{"stop.min_human_win_rate": 0.5})])
+    run = tmp_path / "t"
+    it = run / "iter-001"
+    try:
+        _wait_for(it / review.REQUEST, proc)
+        review.decide(run, "approved", who="tester")
+        _wait_for(it / human_eval.REQUEST, proc)
+        request = json.loads((it / human_eval.REQUEST).read_text())
+        assert len(request["pairs"]) == 4, request  # the tiny model's answers changed on at least 4 of 10 prompts
+        assert "new" not in json.dumps(request["pairs"])  # the request does not say which side is whose
+        assert human_eval.waiting(run) == it
+        key = json.loads((it / human_eval.KEY).read_text())["pairs"]
+        # A person who prefers the old model every time: the new side loses each pair.
+        for pair in request["pairs"]:
+            old_side = "right" if key[pair["id"]]["new"] == "left" else "left"
+            human_eval.vote(it, pair["id"], old_side, "alice", "the first model's answer is shorter")
+        with pytest.raises(UserError, match="already judged .* the first verdict stands"):
+            human_eval.vote(it, request["pairs"][0]["id"], "tie", "bob")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    found = json.loads((it / "eval.json").read_text())["guards"]["human_eval"]
+    assert (found["compared"], found["wins"], found["losses"], found["win_rate"]) == (4, 0, 4, 0.0)
+    assert found["ci95"][0] == 0.0 and 0.4 < found["ci95"][1] < 0.6  # Wilson at 0 of 4
+    assert found["who"] == ["alice"]
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "stopped"
+    assert any("people preferred this iteration's answers 0%" in r for r in state["stop_reasons"])
+    rows = read_jsonl(run / human_eval.PREFERENCES)
+    assert len(rows) == 4 and {r["who"] for r in rows} == {"alice"} and {r["split"] for r in rows} == {"heldout"}
+    old = {s["problem_id"]: s["completion"] for s in read_jsonl(run / "iter-000" / "eval_samples.jsonl")}
+    assert all(r["chosen"] == old[r["problem_id"]] for r in rows)  # the person's choice, not the new model's
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert metrics[-1]["human/win_rate"] == 0.0
+    report = run_cli("report", str(run))
+    assert report.returncode == 0 and "human eval" in (run / "report.html").read_text()
+
+
+def _pair(pid: str) -> Pair:
+    return Pair(pid, "p", "q", "good", "bad", f"{pid}/s0", f"{pid}/s1", 1.0, 0.0, 1)
+
+
+def test_people_flip_and_weigh_training_pairs():
+    records = [_pair("a"), _pair("b"), _pair("c")]
+    out, stats = weigh_pairs(records, confirmed={"a"}, flipped={"b"}, weight=3)
+    by_id = {}
+    for r in out:
+        by_id.setdefault(r.id.split("+")[0], []).append(r)
+    assert [r.chosen for r in by_id["a"]] == ["good"] * 3  # confirmed: three times, as the AI ordered it
+    assert [(r.chosen, r.rejected) for r in by_id["b"]] == [("bad", "good")] * 3  # flipped: the person's order
+    assert by_id["b"][0].chosen_sample_id == "b/s1"
+    assert len(by_id["c"]) == 1  # not shown to a person: once
+    assert stats == {"human_pairs": 2, "flipped": 1, "human_weight": 3}
+
+
+def test_human_rows_join_ai_rows_for_a_reward_model(tmp_path, tiny_model):
+    """A person's order replaces the AI's on the same two answers, and counts `--human-weight` times."""
+    ai = [{"prompt": f"What is {a} + 1?", "chosen": str(a + 1), "rejected": str(a + 2)} for a in range(8)]
+    human = [{"prompt": "What is 0 + 1?", "chosen": "2", "rejected": "1", "who": "alice", "when": "t"},
+             {"prompt": "Name a colour.", "chosen": "blue", "rejected": "seven", "who": "bob", "when": "t"}]
+    (tmp_path / "ai.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ai))
+    (tmp_path / "human.jsonl").write_text("".join(json.dumps(r) + "\n" for r in human))
+    out = tmp_path / "rm"
+    done = run_cli("train-rm", str(tmp_path / "ai.jsonl"), str(out), f"model.path={tiny_model}", "train.epochs=1",
+                   "train.batch_size=4", "--human", str(tmp_path / "human.jsonl"), "--human-weight", "3",
+                   "--heldout", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads((out / "rm_eval.json").read_text())
+    assert figures["human_pairs"] == 2 and figures["ai_pairs_replaced_by_people"] == 1
+    assert figures["pairs"] == 9  # 7 AI pairs left + the 2 people's, before weighting
+    assert figures["trained_rows"] == 7 + 2 * 3  # each person's pair three times
+
+
+def test_disagreement_between_people_gold_and_judge():
+    worse = GuardResult("ok", figures={"win_rate": 0.1, "ci95": [0.02, 0.4], "compared": 10, "against": 0})
+    found = human_eval.disagreement(worse, gold_change=0.2, judge_win_rate=0.7)
+    assert found.status == "alarm" and len(found.alarms) == 2 and "reward hacking" in found.alarms[0]
+    assert found.figures["directions"] == {"people": "worse", "gold": "better", "judge": "better"}
+    better = GuardResult("ok", figures={"win_rate": 0.9, "ci95": [0.6, 0.98], "compared": 10, "against": 0})
+    found = human_eval.disagreement(better, gold_change=-0.1, judge_win_rate=None)
+    assert found.status == "note" and not found.alarms and "gold says worse" in found.notes[0]
+    agree = GuardResult("ok", figures={"win_rate": 0.9, "ci95": [0.6, 0.98], "compared": 10, "against": 0})
+    assert human_eval.disagreement(agree, gold_change=0.1, judge_win_rate=0.8).status == "ok"
+
+
+def test_first_of_two_racing_writers_stands(tmp_path):
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def write(n: int) -> None:
+        barrier.wait()
+        results.append(create_json_once(tmp_path / "decision.json", {"writer": n}))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    winner = json.loads((tmp_path / "decision.json").read_text())["writer"]
+    assert results[[i for i, r in enumerate(results) if r][0]] and isinstance(winner, int)
+    assert [p.name for p in tmp_path.iterdir()] == ["decision.json"]  # no temporary file left behind
+
+
+def test_vote_refuses_bad_input(tmp_path):
+    it = tmp_path / "run" / "iter-001"
+    it.mkdir(parents=True)
+    with pytest.raises(UserError, match="no blind evaluation was asked for"):
+        human_eval.vote(it, "h000", "left", "a")
+    (it / human_eval.REQUEST).write_text(json.dumps({"iteration": 1, "against": 0, "pairs": [
+        {"id": "h000", "problem_id": "p", "prompt": "q", "left": "x", "right": "y"}]}))
+    with pytest.raises(UserError, match="no pair '../../etc'"):
+        human_eval.vote(it, "../../etc", "left", "a")
+    with pytest.raises(UserError, match="choice: 'middle' is not one of left, right, tie"):
+        human_eval.vote(it, "h000", "middle", "a")
+    assert human_eval.vote(it, "h000", "tie", "  a\nb  ") == "iter-001: pair h000: tie"
+    assert human_eval.votes(it)["h000"]["who"] == "a b"
