@@ -64,7 +64,8 @@ def test_blind_evaluation_in_a_run_reaches_eval_json_and_stops_the_run(tiny_mode
     metrics = read_jsonl(run / "metrics.jsonl")
     assert metrics[-1]["human/win_rate"] == 0.0
     report = run_cli("report", str(run))
-    assert report.returncode == 0 and "human eval" in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert report.returncode == 0 and "People (blind evaluation)" in page and "0 / 0 / 4" in page
 
 
 def _pair(pid: str) -> Pair:

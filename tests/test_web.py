@@ -59,7 +59,7 @@ def test_every_page_needs_the_token(waiting_run):
     home = s.get(f"{base}/")
     assert home.status_code == 200 and "waiting for review" in home.text and "review the training data" in home.text
     assert "script-src" not in home.headers["content-security-policy"]  # default-src 'none': no script runs
-    assert home.headers["x-content-type-options"] == "nosniff"
+    assert home.headers["x-content-type-options"] == "nosniff" and home.headers["referrer-policy"] == "same-origin"
 
 
 def test_model_text_is_escaped(waiting_run):

@@ -218,6 +218,29 @@ def _judge_section(rows: list[dict[str, Any]]) -> str:
     return f"<h2>Judge</h2>{verdict}<table>{head}{body}</table>"
 
 
+def _human_section(evals: dict[int, Evaluation]) -> str:
+    """The blind human evaluations beside gold and the judge, and where they point different ways."""
+    rows = [(i, e.guards["human_eval"]) for i, e in sorted(evals.items()) if "human_eval" in e.guards]
+    if not rows:
+        return ""
+    body = []
+    for i, g in rows:
+        lo, hi = g.get("ci95") or (None, None)
+        directions = g.get("directions") or {}
+        body.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in (
+            i, g.get("against", ""), g.get("compared", 0), _pct(g.get("win_rate")),
+            f"{_pct(lo)} – {_pct(hi)}" if lo is not None else "–",
+            f"{g.get('wins', 0)} / {g.get('ties', 0)} / {g.get('losses', 0)}",
+            ", ".join(f"{k}: {v}" for k, v in directions.items()) or "–", ", ".join(g.get("who") or []),
+        )) + "</tr>")
+    head = ("iter", "against iteration", "pairs", "people's win rate", "95% interval", "wins / ties / losses",
+            "which way (people, gold, judge)", "who")
+    lines = [f"<li class='alarm'>iteration {i}: {_esc(a)}</li>" for i, g in rows for a in g.alarms]
+    lines += [f"<li>iteration {i}: {_esc(n)}</li>" for i, g in rows for n in g.notes]
+    return ("<h2>People (blind evaluation)</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join(body) + "</table>" + (f"<ul>{''.join(lines)}</ul>" if lines else ""))
+
+
 def _pseudo_label_section(evals: dict[int, Evaluation]) -> str:
     """The label-free run's audit: its majority answers against the hidden labels, per iteration."""
     found = {i: g for i, e in sorted(evals.items()) if (g := e.guard("pseudo_labels")) is not None
@@ -348,7 +371,8 @@ def render(run_path: Path) -> str:
 <p class="muted">{_esc(rundir.path.resolve())} &middot; report written {time.strftime('%Y-%m-%d %H:%M')}</p>
 <p>{' &middot; '.join(summary)}</p>
 <h2>Guards</h2>{_guard_table(evals)}{_messages(evals)}
-<h2>Metrics</h2>{_metrics_table(rows, pass_k)}{_judge_section(rows)}{_pseudo_label_section(evals)}
+<h2>Metrics</h2>{_metrics_table(rows, pass_k)}{_judge_section(rows)}{_human_section(evals)}
+{_pseudo_label_section(evals)}
 <h2>Plots</h2><div class="plots">{''.join(plots)}</div>{rl_section(rundir, evals)}
 <h2>Lineage of the training data</h2>{_lineage(rundir, evals)}
 <h2>Config</h2><pre>{_esc(rundir.config_path.read_text())}</pre>

@@ -87,8 +87,9 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
             except Exception:  # the console gets the traceback; the person gets one line
                 log.exception("error serving %s", request.url.path)
                 response = refuse(request, 500, "internal error; the server's console has the details")
+        # Referrer-Policy same-origin, not no-referrer: with no-referrer Chromium sends "Origin: null" on a POST.
         for key, value in {"Content-Security-Policy": response.headers.get("Content-Security-Policy", PAGE_POLICY),
-                           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
                            "Cache-Control": "no-store"}.items():
             response.headers[key] = value
         return response
