@@ -522,6 +522,32 @@ def check_ray_start(cmd: Command, ws: Workspace) -> None:
         assert flag in proc.stdout, f"ray start --help has no {flag}"
 
 
+def check_serve(cmd: Command, ws: Workspace) -> None:
+    """Start the app as documented (on a free port), open the URL it prints, and read the runs it lists."""
+    import requests
+
+    folder = ws.folder("serve")
+    (folder / cmd.argv[2]).mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay", *cmd.args, "--port", "0"], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc.stdout.readline()
+        url = proc.stdout.readline().split("open: ", 1)[1].strip()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = requests.get(url, timeout=5)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        assert page.status_code == 200 and "No run folders here yet" in page.text, page.text[:500]
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def check_make(cmd: Command, ws: Workspace) -> None:
     target = cmd.argv[1]
     proc = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
@@ -582,6 +608,9 @@ CHECKS = [
         "cluster, GPUs and ranks it names are not here; tests/test_scale.py and tests/test_launch.py run Ray and "
         "accelerate for real)", check_shorthand, False),
     Row(r"ray start ", "Ray's CLI is installed and takes every flag shown", check_ray_start, False),
+    Row(r"selfplay run configs/\S+\.yaml .*\breview\.human_eval=", "config and overrides validated (the gates "
+        "it sets run for real in tests/test_browser.py and tests/test_human.py)", check_shorthand, False),
+    Row(r"selfplay serve \S+$", "run for real on a free port: the printed URL opens the runs list", check_serve, True),
     Row(r"selfplay run configs/\S+\.yaml$", "run for real: one iteration of the shipped config at tiny sizes "
         "(a distillation teacher's URL replaced by a local folder)", check_shipped_run, True),
     Row(r"selfplay resume runs/\S+$", "run for real: the killed run, approved, resumed to its end", check_resume, True),
