@@ -8,10 +8,12 @@ import threading
 
 import pytest
 
+from selfplay.config import load_config
 from selfplay.errors import UserError
 from selfplay.files import create_json_once, read_jsonl
 from selfplay.filters.human import weigh_pairs
 from selfplay.loop import human_eval, review
+from selfplay.preferences import train_rm
 from selfplay.records import Pair
 from selfplay.results import GuardResult
 from tests.conftest import run_cli, tiny_overrides
@@ -39,6 +41,9 @@ def test_blind_evaluation_in_a_run_reaches_eval_json_and_stops_the_run(tiny_mode
         assert len(request["pairs"]) == 4, request  # the tiny model's answers changed on at least 4 of 10 prompts
         assert "new" not in json.dumps(request["pairs"])  # the request does not say which side is whose
         assert human_eval.waiting(run) == it
+        prog = json.loads((run / "progress.json").read_text())  # what the app's progress bars read
+        assert (prog["iteration"], prog["stage"], prog["unit"]) == (1, "eval", "sample")
+        assert prog["done"] == prog["total"] > 0
         key = json.loads((it / human_eval.KEY).read_text())["pairs"]
         # A person who prefers the old model every time: the new side loses each pair.
         for pair in request["pairs"]:
@@ -93,10 +98,8 @@ def test_human_rows_join_ai_rows_for_a_reward_model(tmp_path, tiny_model):
     (tmp_path / "ai.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ai))
     (tmp_path / "human.jsonl").write_text("".join(json.dumps(r) + "\n" for r in human))
     out = tmp_path / "rm"
-    done = run_cli("train-rm", str(tmp_path / "ai.jsonl"), str(out), f"model.path={tiny_model}", "train.epochs=1",
-                   "train.batch_size=4", "--human", str(tmp_path / "human.jsonl"), "--human-weight", "3",
-                   "--heldout", "0")
-    assert done.returncode == 0, done.stderr[-2000:]
+    cfg = load_config(None, [f"model.path={tiny_model}", "train.epochs=1", "train.batch_size=4"])
+    train_rm(tmp_path / "ai.jsonl", out, cfg, heldout=0.0, human_path=tmp_path / "human.jsonl", human_weight=3)
     figures = json.loads((out / "rm_eval.json").read_text())
     assert figures["human_pairs"] == 2 and figures["ai_pairs_replaced_by_people"] == 1
     assert figures["pairs"] == 9  # 7 AI pairs left + the 2 people's, before weighting
@@ -147,3 +150,38 @@ def test_vote_refuses_bad_input(tmp_path):
         human_eval.vote(it, "h000", "middle", "a")
     assert human_eval.vote(it, "h000", "tie", "  a\nb  ") == "iter-001: pair h000: tie"
     assert human_eval.votes(it)["h000"]["who"] == "a b"
+
+
+@pytest.mark.e2e
+def test_pairs_a_person_flips_or_keeps_in_review_train_as_theirs(tiny_model, tmp_path):
+    """SPIN offers its pairs for review: one flipped, one rejected, one kept; DPO trains the person's order,
+    the person's two pairs three times each, and both become rows of human-preferences.jsonl."""
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b),
+                                         "response": f"{a} + {b} = {a + b}\nAnswer: {a + b}"}) + "\n"
+                             for a in range(6) for b in range(5)))
+    args = tiny_overrides(tiny_model, demos, tmp_path, name="spin", recipe="spin", **{
+        "train.init_from": "previous", "generate.samples_per_problem": 1, "verify.verifier": "math",
+        "train.batch_size": 2, "eval.samples": 0,
+        "review.every": 1, "review.poll_seconds": 0.2, "review.sample_size": 3, "review.human_weight": 3})
+    proc = _start(["run", *args])
+    run = tmp_path / "spin"
+    it = run / "iter-001"
+    try:
+        _wait_for(it / review.REQUEST, proc)
+        shown = json.loads((it / review.REQUEST).read_text())["shown"]
+        flipped, rejected, kept = (ex["id"] for ex in shown)
+        done = run_cli("approve", str(run), "--flip", flipped, "--reject", rejected)
+        assert done.returncode == 0 and "1 pair(s) flipped" in done.stdout, done.stderr
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    train = json.loads((it / "train.json").read_text())
+    assert (train["human_pairs"], train["flipped"], train["human_weight"]) == (2, 1, 3)
+    assert train["examples"] == 5 + 2 * 2  # 6 pairs less the rejected one, the person's two counted 3 times
+    rows = {r["id"]: r for r in read_jsonl(run / human_eval.PREFERENCES)}
+    assert set(rows) == {flipped, kept} and {r["source"] for r in rows.values()} == {"review"}
+    by_id = {ex["id"]: ex for ex in shown}
+    assert rows[flipped]["chosen"] == by_id[flipped]["rejected"] and rows[flipped]["flipped"]  # the person's order
+    assert rows[kept]["chosen"] == by_id[kept]["completion"] and not rows[kept]["flipped"]
