@@ -82,7 +82,7 @@ def test_a_person_reviews_and_judges_blind_in_the_browser(tiny_model, sums_jsonl
             assert page.title() != "pwned"
 
             _wait_for(it / human_eval.REQUEST, proc, timeout=240)
-            _plant(it / human_eval.REQUEST, lambda d: d["pairs"][0].update(left=d["pairs"][0]["left"] + PLANTED))
+            _plant(it / human_eval.REQUEST, lambda d: [p.update(left=p["left"] + PLANTED) for p in d["pairs"]])
             page.goto(f"{base}/runs/t")
             page.click("text=blind evaluation")
             key = json.loads((it / human_eval.KEY).read_text())["pairs"]

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
-from selfplay.config import load_config
+from selfplay.config import StopConfig, load_config
 from selfplay.errors import UserError
 from selfplay.files import create_json_once, read_jsonl
-from selfplay.filters.human import weigh_pairs
+from selfplay.filters.human import combine, weigh_pairs
+from selfplay.guards.stopping import decide
 from selfplay.loop import human_eval, review
-from selfplay.preferences import train_rm
+from selfplay.preferences import read_pairs, same_pair, train_rm
 from selfplay.records import Pair
 from selfplay.results import GuardResult
 from tests.conftest import run_cli, tiny_overrides
@@ -45,12 +47,23 @@ def test_blind_evaluation_in_a_run_reaches_eval_json_and_stops_the_run(tiny_mode
         assert (prog["iteration"], prog["stage"], prog["unit"]) == (1, "eval", "sample")
         assert prog["done"] == prog["total"] > 0
         key = json.loads((it / human_eval.KEY).read_text())["pairs"]
-        # A person who prefers the old model every time: the new side loses each pair.
-        for pair in request["pairs"]:
-            old_side = "right" if key[pair["id"]]["new"] == "left" else "left"
-            human_eval.vote(it, pair["id"], old_side, "alice", "the first model's answer is shorter")
+        # A person who prefers the old model every time: the new side loses each pair. Two verdicts, then the
+        # run is killed (SIGKILL) while it waits; resumed, it comes back to the same pairs and keeps both.
+        old_sides = {p["id"]: "right" if key[p["id"]]["new"] == "left" else "left" for p in request["pairs"]}
+        for pair in request["pairs"][:2]:
+            human_eval.vote(it, pair["id"], old_sides[pair["id"]], "alice", "the first model's answer is shorter")
         with pytest.raises(UserError, match="already judged .* the first verdict stands"):
             human_eval.vote(it, request["pairs"][0]["id"], "tie", "bob")
+        proc.kill()
+        proc.communicate()
+        proc = _start(["resume", str(run)])
+        deadline = time.monotonic() + 240
+        while "waiting for human evaluation" not in (run / "state.json").read_text() or not _held(run, proc):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        assert json.loads((it / human_eval.REQUEST).read_text()) == request and len(human_eval.votes(it)) == 2
+        for pair in request["pairs"][2:]:
+            human_eval.vote(it, pair["id"], old_sides[pair["id"]], "alice")
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -71,6 +84,11 @@ def test_blind_evaluation_in_a_run_reaches_eval_json_and_stops_the_run(tiny_mode
     report = run_cli("report", str(run))
     page = (run / "report.html").read_text()
     assert report.returncode == 0 and "People (blind evaluation)" in page and "0 / 0 / 4" in page
+
+
+def _held(run, proc) -> bool:
+    """The resumed process holds the run (its pid in the lock file): the state it shows is its own."""
+    return (run / ".lock").read_text().strip() == str(proc.pid)
 
 
 def _pair(pid: str) -> Pair:
@@ -107,15 +125,35 @@ def test_human_rows_join_ai_rows_for_a_reward_model(tmp_path, tiny_model):
 
 
 def test_disagreement_between_people_gold_and_judge():
-    worse = GuardResult("ok", figures={"win_rate": 0.1, "ci95": [0.02, 0.4], "compared": 10, "against": 0})
-    found = human_eval.disagreement(worse, gold_change=0.2, judge_win_rate=0.7)
+    def people(rate, lo, hi):
+        return GuardResult("ok", figures={"win_rate": rate, "ci95": [lo, hi], "compared": 10, "against": 0})
+
+    # People clearly worse; gold's interval is above the reference's accuracy; the judge wins 40 of 50.
+    found = human_eval.disagreement(people(0.1, 0.02, 0.4), gold=(0.55, 0.75, 0.4), judge=(0.8, 50))
     assert found.status == "alarm" and len(found.alarms) == 2 and "reward hacking" in found.alarms[0]
     assert found.figures["directions"] == {"people": "worse", "gold": "better", "judge": "better"}
-    better = GuardResult("ok", figures={"win_rate": 0.9, "ci95": [0.6, 0.98], "compared": 10, "against": 0})
-    found = human_eval.disagreement(better, gold_change=-0.1, judge_win_rate=None)
+    found = human_eval.disagreement(people(0.9, 0.6, 0.98), gold=(0.1, 0.3, 0.5), judge=None)
     assert found.status == "note" and not found.alarms and "gold says worse" in found.notes[0]
-    agree = GuardResult("ok", figures={"win_rate": 0.9, "ci95": [0.6, 0.98], "compared": 10, "against": 0})
-    assert human_eval.disagreement(agree, gold_change=0.1, judge_win_rate=0.8).status == "ok"
+    assert human_eval.disagreement(people(0.9, 0.6, 0.98), gold=(0.6, 0.8, 0.5), judge=(0.7, 100)).status == "ok"
+    # An interval that holds 50% says nothing: 1 win in 4 against a gold gain is no alarm.
+    found = human_eval.disagreement(people(0.25, 0.05, 0.7), gold=(0.55, 0.75, 0.4), judge=(0.51, 8))
+    assert found.status == "ok" and found.figures["directions"] == {
+        "people": "inconclusive", "gold": "better", "judge": "inconclusive"}
+
+
+def test_an_iteration_people_reject_stops_the_run_and_is_never_the_best():
+    cfg = StopConfig(min_human_win_rate=0.5)
+    rows = [{"iteration": 0, "greedy_accuracy": 0.3, "greedy_ci95": [0.2, 0.4], "control": {}},
+            {"iteration": 1, "greedy_accuracy": 0.6, "greedy_ci95": [0.5, 0.7], "control": {},
+             "human_win_rate": 0.1, "human_win_rate_ci95": [0.02, 0.4]}]
+    decision = decide(rows, cfg, max_iterations=3)
+    assert decision.action == "stop" and decision.best_iteration == 0  # gold rose, people said worse
+    assert "people preferred this iteration's answers 10%" in decision.reasons[0]
+    rolled = decide(rows, StopConfig(min_human_win_rate=0.5, on_degrade="rollback"), max_iterations=3)
+    assert rolled.action == "rollback" and rolled.best_iteration == 0
+    rows[1]["human_win_rate_ci95"] = [0.02, 0.6]  # a few pairs: the interval holds 50%, so no stop
+    assert decide(rows, cfg, max_iterations=3).action == "continue"
+    assert decide(rows, StopConfig(min_human_win_rate=0.5, human_beyond_ci=False), 3).action == "stop"
 
 
 def test_first_of_two_racing_writers_stands(tmp_path):
@@ -154,8 +192,9 @@ def test_vote_refuses_bad_input(tmp_path):
 
 @pytest.mark.e2e
 def test_pairs_a_person_flips_or_keeps_in_review_train_as_theirs(tiny_model, tmp_path):
-    """SPIN offers its pairs for review: one flipped, one rejected, one kept; DPO trains the person's order,
-    the person's two pairs three times each, and both become rows of human-preferences.jsonl."""
+    """SPIN offers its pairs for review: one flipped, one rejected, one confirmed; DPO trains the person's order,
+    the person's two pairs three times each, and both become rows of human-preferences.jsonl that replace the
+    same AI pairs when a reward model trains on both."""
     demos = tmp_path / "demos.jsonl"
     demos.write_text("".join(json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b),
                                          "response": f"{a} + {b} = {a + b}\nAnswer: {a + b}"}) + "\n"
@@ -171,8 +210,8 @@ def test_pairs_a_person_flips_or_keeps_in_review_train_as_theirs(tiny_model, tmp
         _wait_for(it / review.REQUEST, proc)
         shown = json.loads((it / review.REQUEST).read_text())["shown"]
         flipped, rejected, kept = (ex["id"] for ex in shown)
-        done = run_cli("approve", str(run), "--flip", flipped, "--reject", rejected)
-        assert done.returncode == 0 and "1 pair(s) flipped" in done.stdout, done.stderr
+        done = run_cli("approve", str(run), "--flip", flipped, "--reject", rejected, "--confirm", kept)
+        assert done.returncode == 0 and "1 pair(s) flipped, 1 pair(s) confirmed" in done.stdout, done.stderr
         out, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
@@ -185,3 +224,7 @@ def test_pairs_a_person_flips_or_keeps_in_review_train_as_theirs(tiny_model, tmp
     by_id = {ex["id"]: ex for ex in shown}
     assert rows[flipped]["chosen"] == by_id[flipped]["rejected"] and rows[flipped]["flipped"]  # the person's order
     assert rows[kept]["chosen"] == by_id[kept]["completion"] and not rows[kept]["flipped"]
+    # The rows carry the prompt as the model saw it, so they meet the run's own AI pairs: the person's order wins.
+    ai, people = read_pairs(it / "pairs.jsonl"), read_pairs(run / human_eval.PREFERENCES)
+    pairs, weights, replaced = combine(ai, people, same_pair)
+    assert replaced == 2 and len(pairs) == 6 and sum(weights) == 2

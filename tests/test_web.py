@@ -16,6 +16,7 @@ import threading
 import pytest
 import requests
 
+from selfplay.errors import UserError
 from selfplay.loop import review
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.test_review import _start, _wait_for
@@ -83,7 +84,7 @@ def test_paths_never_leave_the_runs_folder(waiting_run, tmp_path):
         for path in ("/runs/..", "/runs/../../etc/passwd", "/runs/%2E%2E", "/runs/..%2F..%2Fetc", "/runs/%2Fetc",
                      "//etc/passwd", "/runs/escape", "/runs/t%2F..%2F..", "/runs/t/report", "/runs/nope",
                      "/static/../../../../etc/passwd", "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd"):
-            status, text = _raw_get(base, path, s.cookies["selfplay_token"])  # sent as written, not normalised
+            status, text = _raw_get(base, path)  # sent as written, not normalised
             assert status in (400, 404), (path, status, text[:200])
             assert "Traceback" not in text and "root:" not in text
         assert "leads outside the runs folder" in s.get(f"{base}/runs/escape").text
@@ -95,11 +96,11 @@ def test_paths_never_leave_the_runs_folder(waiting_run, tmp_path):
         (tmp_path / "report.html").rename(runs / "t" / "report.html")
 
 
-def _raw_get(base: str, path: str, token: str) -> tuple[int, str]:
+def _raw_get(base: str, path: str) -> tuple[int, str]:
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     conn.putrequest("GET", path, skip_accept_encoding=True)
-    conn.putheader("Cookie", f"selfplay_token={token}")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
     conn.endheaders()
     r = conn.getresponse()
     return r.status, r.read().decode(errors="replace")
@@ -108,7 +109,7 @@ def _raw_get(base: str, path: str, token: str) -> tuple[int, str]:
 def test_writing_needs_the_form_token_and_this_origin(waiting_run):
     base, runs, _ = waiting_run
     s = session(base)
-    form = {"action": "reject", "reason": "x"}
+    form = {"action": "reject", "reason": "x", "iteration": "1"}
     assert s.post(f"{base}/runs/t/review", data=form).status_code == 403  # no csrf field
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', s.get(f"{base}/runs/t/review").text)[1]
     cross = s.post(f"{base}/runs/t/review", data={**form, "csrf": csrf}, headers={"origin": "http://evil.example"})
@@ -118,6 +119,8 @@ def test_writing_needs_the_form_token_and_this_origin(waiting_run):
     assert requests.post(f"{base}/runs/t/review", data={**form, "csrf": csrf}).status_code == 401  # no cookie
     rebound = s.get(f"{base}/", headers={"host": "evil.example"})
     assert rebound.status_code == 421 and "not this app's loopback address" in rebound.text
+    tunnel = requests.get(f"{base}/api/runs", headers={"host": "localhost:9000", "authorization": f"Bearer {TOKEN}"})
+    assert tunnel.status_code == 200  # an SSH tunnel's local port
     assert not (runs / "t" / "iter-001" / review.DECISION).exists()  # nothing was decided
 
 
@@ -127,8 +130,13 @@ def test_bad_requests_get_a_clear_line(waiting_run):
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', s.get(f"{base}/runs/t/review").text)[1]
     cases = [
         (s.post(f"{base}/runs/t/review", data={"action": "dance", "csrf": csrf}), 400, "is not approve or reject"),
-        (s.post(f"{base}/runs/t/review", data={"action": "approve", "csrf": csrf, "ex:nope": "x"}), 400,
-         "'x' is not keep, reject or flip"),
+        (s.post(f"{base}/runs/t/review", data={"action": "approve", "csrf": csrf}), 400, "names no iteration"),
+        (s.post(f"{base}/runs/t/review", data={"action": "approve", "csrf": csrf, "iteration": "1",
+                                              "ex:nope": "x"}), 400, "'x' is not keep, confirm, flip or reject"),
+        (s.post(f"{base}/runs/t/review", data={"action": "approve", "csrf": csrf, "iteration": "7"}), 404,
+         "iteration 7 asked for no review"),
+        (s.post(f"{base}/runs/t/blind/{10 ** 300}/h000", data={"choice": "left", "csrf": csrf}), 404,
+         "has no blind evaluation"),
         (s.post(f"{base}/runs/t/blind/abc/h000", data={"choice": "left", "csrf": csrf}), 400, "iteration"),
         (s.post(f"{base}/runs/t/blind/1/h000", data={"choice": "left", "csrf": csrf}), 404, "no blind evaluation"),
         (s.get(f"{base}/runs/t/lineage", params={"example": "x" * 5000}), 404, "no training example"),
@@ -137,6 +145,8 @@ def test_bad_requests_get_a_clear_line(waiting_run):
     for r, status, words in cases:
         assert r.status_code == status, (r.url, r.status_code, r.text[:300])
         assert words in r.text and "Traceback" not in r.text
+    spoof = s.get(f"{base}/runs/t/review", params={"done": "iter-001: approved", "sig": "0" * 24})
+    assert spoof.status_code == 200 and 'id="flash"' not in spoof.text  # a link cannot speak for the app
 
 
 def test_two_people_deciding_at_once_first_stands(waiting_run):
@@ -144,8 +154,8 @@ def test_two_people_deciding_at_once_first_stands(waiting_run):
     people = [session(base), session(base)]
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', people[0].get(f"{base}/runs/t/review").text)[1]
     shown = json.loads((runs / "t" / "iter-001" / review.REQUEST).read_text())["shown"]
-    forms = [{"action": "approve", "csrf": csrf, "who": "ann", f"ex:{shown[0]['id']}": "reject"},
-             {"action": "reject", "csrf": csrf, "who": "bob", "reason": "no"}]
+    forms = [{"action": "approve", "csrf": csrf, "who": "ann", "iteration": "1", f"ex:{shown[0]['id']}": "reject"},
+             {"action": "reject", "csrf": csrf, "who": "bob", "reason": "no", "iteration": "1"}]
     results: dict[int, requests.Response] = {}
     barrier = threading.Barrier(2)
 
@@ -184,3 +194,32 @@ def test_serve_binds_loopback_unless_told(tmp_path):
     assert "?token=" in lines[1] and lines[2].startswith("WARNING: bound to 0.0.0.0, not loopback")
     missing = run_cli("serve", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
+def test_a_form_left_open_decides_nothing_once_the_run_moved_on(waiting_run, tmp_path):
+    """Iteration 1 decided, iteration 2 now waiting: the old page's form must not decide iteration 2."""
+    _, runs, _ = waiting_run
+    run = tmp_path / "t"
+    shutil.copytree(runs / "t", run, ignore=shutil.ignore_patterns("*.lock", review.DECISION))
+    review.decide(run, "approved", who="ann", iteration=1)
+    later = run / "iter-002"
+    shutil.copytree(run / "iter-001", later, ignore=shutil.ignore_patterns(review.DECISION, "model", "trainer"))
+    with pytest.raises(UserError, match=r"iter-001: already approved by ann .* cannot be changed"):
+        review.decide(run, "rejected", who="bob", iteration=1)
+    assert review.decide(run, "approved", iteration=1) == "iter-001: already approved; nothing to do"
+    with pytest.raises(UserError, match="iter-003: not waiting for review; iter-002 is waiting now"):
+        review.decide(run, "approved", iteration=3)
+    assert not (later / review.DECISION).exists()
+
+
+def test_a_broken_run_folder_is_listed_not_fatal(waiting_run):
+    base, runs, _ = waiting_run
+    broken = runs / "old"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("no_such_key: 1\n")
+    try:
+        listing = session(base).get(f"{base}/")
+        assert listing.status_code == 200 and "unreadable" in listing.text and "no_such_key" in listing.text
+        assert 'href="/runs/t"' in listing.text  # the good run is still listed
+    finally:
+        shutil.rmtree(broken)

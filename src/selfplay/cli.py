@@ -196,7 +196,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from selfplay.loop.review import decide
 
     print(decide(Path(args.run_dir), "approved", args.reject or [], flipped_ids=args.flip or [],
-                 who=os.environ.get("USER", "")))
+                 confirmed_ids=args.confirm or [], who=os.environ.get("USER", "")))
     return 0
 
 
@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--reject", nargs="+", metavar="EXAMPLE_ID", help="example ids to remove before training")
     p.add_argument("--flip", nargs="+", metavar="PAIR_ID", help="preference pairs to train the other way round")
+    p.add_argument("--confirm", nargs="+", metavar="PAIR_ID", help="preference pairs you checked are the right way "
+                   "round (they count review.human_weight times)")
 
     p = sub.add_parser("reject", help="stop a run waiting for review")
     p.add_argument("run_dir")

@@ -100,7 +100,8 @@ def heldout_accuracy(model_dir: Path, pairs: list[PreferencePair]) -> dict[str, 
             "mean_margin": sum(margins) / len(margins)}
 
 
-def _same_pair(p: PreferencePair) -> tuple[str, frozenset[str]]:
+def same_pair(p: PreferencePair) -> tuple[str, frozenset[str]]:
+    """The prompt (as turns) and the two answers, in either order: what a person's pair and an AI's share."""
     return repr(p.prompt), frozenset((p.chosen.strip(), p.rejected.strip()))
 
 
@@ -122,7 +123,7 @@ def train_rm(pairs_path: Path, out: Path, cfg: RunConfig, heldout: float = 0.1, 
     weights = None
     if human_path is not None:
         human = read_pairs(Path(human_path))
-        pairs, people, dropped = combine(pairs, human, _same_pair)
+        pairs, people, dropped = combine(pairs, human, same_pair)
         weights = [human_weight if h else 1 for h in people]
         extra.update(human_file=str(Path(human_path).resolve()), human_pairs=len(human), human_weight=human_weight,
                      ai_pairs_replaced_by_people=dropped)

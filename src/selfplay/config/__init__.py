@@ -268,7 +268,12 @@ class StopConfig(_Section):
     )
     min_human_win_rate: float | None = Field(
         None, ge=0.0, le=1.0, description="Degraded when people, in a blind human evaluation (review.human_eval), "
-        "prefer the new answers less often than this (0.5: less than the reference's; null: off).",
+        "prefer the new answers less often than this (0.5: less than the reference's; null: off); such an "
+        "iteration is never the best one.",
+    )
+    human_beyond_ci: bool = Field(
+        True, description="With min_human_win_rate: degraded only when the win rate's whole 95% interval is below "
+        "it (false: the point estimate, which a handful of pairs moves a long way).",
     )
     on_degrade: Literal["stop", "rollback"] = Field(
         "stop",
@@ -412,6 +417,12 @@ class RunConfig(_Section):
             raise ValueError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-'")
         if self.eval.samples and self.eval.headline_k > self.eval.samples:
             raise ValueError(f"eval.pass_k: {self.eval.headline_k} is more than eval.samples ({self.eval.samples})")
+        if self.stop.min_human_win_rate is not None and not self.review.human_eval:
+            raise ValueError("stop.min_human_win_rate: set, but review.human_eval is 0, so no blind evaluation "
+                             "ever runs; set review.human_eval: N (every Nth iteration)")
+        if self.review.human_eval > self.iterations:
+            raise ValueError(f"review.human_eval: {self.review.human_eval} is more than iterations "
+                             f"({self.iterations}), so no blind evaluation would run")
         metrics = ["greedy_accuracy"] + ([f"pass@{k}" for k in self.eval.ks] if self.eval.samples else [])
         if self.stop.metric not in metrics:
             raise ValueError(f"stop.metric: {self.stop.metric!r} is not measured; choose one of {metrics}")

@@ -34,7 +34,8 @@ def decide(
     metric = cfg.metric
     current = rows[-1]
     i = int(current["iteration"])
-    best = best_iteration(rows, metric)
+    # An iteration people rejected in a blind evaluation is never the best one, whatever its figures say.
+    best = best_iteration([r for r in rows if not people_reject(r, cfg)] or rows[:1], metric)
     by_iter = {int(r["iteration"]): r for r in rows}
     best_value = by_iter[best][metric]
     reasons: list[str] = []
@@ -58,11 +59,12 @@ def decide(
                     f"(more than {cfg.control_max_drop:.1%}): the model is forgetting"
                 )
     reasons += self_consistency_ceiling(rows, cfg.self_consistency_rise)
-    people = current.get(HUMAN_WIN_RATE)
-    if i > 0 and cfg.min_human_win_rate is not None and people is not None and people < cfg.min_human_win_rate:
-        lo, hi = current.get(f"{HUMAN_WIN_RATE}_ci95") or (people, people)
+    if i > 0 and people_reject(current, cfg):
+        people, (lo, hi) = current[HUMAN_WIN_RATE], current[f"{HUMAN_WIN_RATE}_ci95"]
+        beyond = ", the whole 95% interval below it" if cfg.human_beyond_ci else ""
         reasons.append(f"people preferred this iteration's answers {people:.0%} of the time in a blind evaluation "
-                       f"(95% interval {lo:.0%}-{hi:.0%}), under stop.min_human_win_rate {cfg.min_human_win_rate:.0%}")
+                       f"(95% interval {lo:.0%}-{hi:.0%}), under stop.min_human_win_rate {cfg.min_human_win_rate:.0%}"
+                       f"{beyond}")
 
     def decision(action: str, degraded: bool = False, why: Sequence[str] = ()) -> Decision:
         return Decision(action, i, best, metric, best_value, degraded, list(why))
@@ -82,6 +84,15 @@ def decide(
     if i >= max_iterations:
         return decision("finish", why=[f"reached the {max_iterations}-iteration cap"])
     return decision("continue")
+
+
+def people_reject(row: dict[str, Any], cfg: StopConfig) -> bool:
+    """Did people prefer this iteration less than stop.min_human_win_rate (by its interval with human_beyond_ci)?"""
+    rate = row.get(HUMAN_WIN_RATE)
+    if cfg.min_human_win_rate is None or rate is None:
+        return False
+    lo, hi = row.get(f"{HUMAN_WIN_RATE}_ci95") or (rate, rate)
+    return (hi if cfg.human_beyond_ci else rate) < cfg.min_human_win_rate
 
 
 def self_consistency_ceiling(rows: Sequence[dict[str, Any]], rise: float | None) -> list[str]:

@@ -254,13 +254,17 @@ def _human_eval(ctx: RunContext, i: int, result: Evaluation, greedy: list[Sample
     against = last.best_iteration if r.human_eval_against == "best" and last is not None else 0
     old = [s for s, _ in read_verdicts(ctx.rundir.iter_dir(against) / "eval_samples.jsonl")]
     found = human_eval.checkpoint(ctx.rundir, i, against, ctx.heldout, greedy, old, r.human_eval_size,
-                                  ctx.cfg.seed + 7919 * i, r.poll_seconds)
+                                  ctx.cfg.seed + 7919 * i, r.poll_seconds, before_wait=ctx.pool.release)
+    against = found.get("against", against)  # a resumed wait keeps the reference its pairs were drawn from
     reference = next((e for e in history if e.iteration == against), None)
-    gold_change = None
+    gold = None
     if ctx.gold is not None and reference is not None:  # held-out accuracy is gold's where a gold checker exists
-        gold_change = result.metrics["greedy_accuracy"] - reference.metrics["greedy_accuracy"]
-    judged = judge.get("win_rate") if judge is not None and against == 0 else None  # the judge compares with 0
-    return human_eval.disagreement(found, gold_change, judged)
+        lo, hi = result.metrics["greedy_ci95"]
+        gold = (lo, hi, reference.metrics["greedy_accuracy"])
+    judged = None
+    if judge is not None and against == 0 and judge.get("win_rate") is not None:  # the judge compares with 0
+        judged = (judge.get("win_rate"), judge.get("compared", 0))
+    return human_eval.disagreement(found, gold, judged)
 
 
 def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, Any]:
@@ -355,7 +359,8 @@ def evaluate_iteration(ctx: RunContext, i: int, model_path: Path) -> dict[str, A
     )
     result.alarms = [f"{name}: {a}" for name, guard in guards.items() for a in guard.alarms]
     result.decision = decision
-    result.seconds = time.perf_counter() - start
+    waited = guards["human_eval"].get("waited_seconds", 0.0) if "human_eval" in guards else 0.0
+    result.seconds = time.perf_counter() - start - waited  # waiting for people is not compute
     result.guard_seconds = result.seconds - measured
     for line in result.alarms:
         print(f"{it_dir.name} ALARM {line}", flush=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,10 @@ def build(i: int, against: int, problems: Sequence[Problem], new: Sequence[Sampl
         o = old_by[s.problem_id]
         new_left = rng.random() < 0.5
         pid = f"h{n:03d}"
-        pairs.append({"id": pid, "problem_id": s.problem_id, "prompt": by_problem[s.problem_id].question,
+        problem = by_problem[s.problem_id]
+        # The prompt as the model saw it (instructions, answer format): people judge what was asked, and a
+        # preference row made from it matches the same prompt's AI pairs.
+        pairs.append({"id": pid, "problem_id": s.problem_id, "prompt": problem.prompt, "messages": problem.messages,
                       "left": s.completion if new_left else o.completion,
                       "right": o.completion if new_left else s.completion})
         key[pid] = {"new": "left" if new_left else "right", "new_sample": s.id, "old_sample": o.id}
@@ -118,19 +121,27 @@ def outcomes(it_dir: Path) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
 
 
 def checkpoint(rundir: RunDir, i: int, against: int, problems: Sequence[Problem], new: Sequence[Sample],
-               old: Sequence[Sample], size: int, seed: int, poll_seconds: float) -> GuardResult:
-    """Write the pairs if needed, wait for a verdict on each, and return the human win rate as a guard result."""
+               old: Sequence[Sample], size: int, seed: int, poll_seconds: float,
+               before_wait: Callable[[], None] = lambda: None) -> GuardResult:
+    """Write the pairs if needed, wait for a verdict on each, and return the human win rate as a guard result.
+
+    `against` is used for a new request only: a resumed wait keeps the reference its pairs were drawn from.
+    `before_wait` runs once if the run must wait (the driver frees its models: people may take hours). The
+    figures say how long it waited (`waited_seconds`), which is not compute.
+    """
     it_dir = rundir.iter_dir(i)
     if not (it_dir / REQUEST).is_file():
         request, key = build(i, against, problems, new, old, size, seed)
         atomic_write_json(it_dir / KEY, key)  # the key first: a request on disk always has its key
         atomic_write_json(it_dir / REQUEST, request)
     request = read_json(it_dir / REQUEST)
-    total = len(request["pairs"])
+    against, total = request["against"], len(request["pairs"])
     if not total:
         return GuardResult("n/a", notes=[f"no blind evaluation: this iteration's answers equal iteration {against}'s "
                                          "on every held-out prompt"], figures={"against": against, "compared": 0})
+    start = time.perf_counter()
     if len(votes(it_dir)) < total:
+        before_wait()
         rundir.write_state(status="waiting for human evaluation", iteration=i, stage="eval")
         print(f"\n{it_dir.name}: waiting for a blind human evaluation of {total} pair(s) (this iteration against "
               f"iteration {against}).\n  open:  selfplay serve {rundir.path.parent}\nThis process waits; Ctrl-C is "
@@ -147,7 +158,7 @@ def checkpoint(rundir: RunDir, i: int, against: int, problems: Sequence[Problem]
         "against": against, "compared": len(results), "wins": sum(o == "a" for o in results),
         "losses": sum(o == "b" for o in results), "ties": sum(o == "tie" for o in results),
         "win_rate": win_rate(results), "ci95": [lo, hi], "same_answers": request.get("same_answers", 0),
-        "who": sorted({v["who"] for _, _, v in decided}),
+        "who": sorted({v["who"] for _, _, v in decided}), "waited_seconds": time.perf_counter() - start,
     })
 
 
@@ -163,9 +174,12 @@ def preference_rows(rundir: RunDir) -> list[dict[str, Any]]:
             new_side = read_json(d / KEY)["pairs"][pair["id"]]["new"]
             new, old = pair[new_side], pair["right" if new_side == "left" else "left"]
             chosen, rejected = (new, old) if result == "a" else (old, new)
-            rows.append({"prompt": pair["prompt"], "chosen": chosen, "rejected": rejected, "who": v["who"],
-                         "when": v["when"], "note": v.get("note", ""), "source": "blind_eval", "split": "heldout",
-                         "problem_id": pair["problem_id"], "iteration": RunDir.iteration_of(d), "pair": pair["id"]})
+            row = {"prompt": pair["prompt"], "chosen": chosen, "rejected": rejected, "who": v["who"],
+                   "when": v["when"], "note": v.get("note", ""), "source": "blind_eval", "split": "heldout",
+                   "problem_id": pair["problem_id"], "iteration": RunDir.iteration_of(d), "pair": pair["id"]}
+            if pair.get("messages"):
+                row["messages"] = pair["messages"]
+            rows.append(row)
     return rows
 
 
@@ -176,23 +190,33 @@ def write_preferences(rundir: RunDir) -> int:
     return atomic_write_jsonl(rundir.path / PREFERENCES, rows)
 
 
-def disagreement(human: GuardResult, gold_change: float | None, judge_win_rate: float | None) -> GuardResult:
-    """Mark where gold, the judge and the people point different ways; people saying worse while a machine says
-    better is an alarm (the automatic figures may be rewarding something people do not want)."""
+def direction(lo: float, hi: float, middle: float) -> str:
+    """better or worse only when the 95% interval leaves `middle` out; else inconclusive."""
+    return "better" if lo > middle else "worse" if hi < middle else "inconclusive"
+
+
+def disagreement(human: GuardResult, gold: tuple[float, float, float] | None,
+                 judge: tuple[float, int] | None) -> GuardResult:
+    """Mark where gold, the judge and the people point different ways, each by its 95% interval.
+
+    `gold`: this iteration's held-out accuracy interval and the reference's accuracy; `judge`: the judge's win
+    rate and its comparisons. A direction counts only when its interval leaves no change out; people saying
+    worse while a machine says better is an alarm (the automatic figures may be rewarding what people do not
+    want), any other split a note. An inconclusive side disagrees with nothing.
+    """
     rate, (lo, hi) = human.get("win_rate"), human.get("ci95") or (0.0, 1.0)
     if rate is None:
         return human
-    people = "worse" if hi < 0.5 else "better" if lo > 0.5 else "worse" if rate < 0.5 else "better" if rate > 0.5 \
-        else "the same"
+    people = direction(lo, hi, 0.5)
     machines = {}
-    if gold_change is not None:
-        machines["gold"] = "better" if gold_change > 0 else "worse" if gold_change < 0 else "the same"
-    if judge_win_rate is not None:
-        machines["judge"] = "better" if judge_win_rate > 0.5 else "worse" if judge_win_rate < 0.5 else "the same"
+    if gold is not None:
+        machines["gold"] = direction(gold[0], gold[1], gold[2])
+    if judge is not None and judge[1]:
+        machines["judge"] = direction(*wilson_interval(judge[0] * judge[1], judge[1]), 0.5)  # type: ignore[arg-type]
     human.figures["directions"] = {"people": people, **machines}
     against = human.get("against")
     for name, says in machines.items():
-        if says == people or "the same" in (says, people):
+        if says == people or "inconclusive" in (says, people):
             continue
         line = (f"people prefer this iteration's answers {rate:.0%} of the time (95% interval {lo:.0%}-{hi:.0%}, "
                 f"{human.get('compared')} pairs) against iteration {against}, but {name} says {says}")

@@ -46,6 +46,8 @@ def build_request(it_dir: Path, problems: Sequence[Problem], sample_size: int, s
         item = {
             "id": rec.id,
             "problem_id": rec.problem_id,
+            "prompt": rec.prompt,  # as the model saw it; a preference row carries it, so it matches the AI's pair
+            "messages": rec.messages,
             "question": problem.question if problem else rec.prompt,
             "reference": problem.reference if problem else None,
             "completion": rec.texts[0],
@@ -129,52 +131,69 @@ def latest_request(run_path: Path) -> Path | None:
 
 
 def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reason: str | None = None,
-           flipped_ids: Sequence[str] = (), who: str = "") -> str:
+           flipped_ids: Sequence[str] = (), who: str = "", confirmed_ids: Sequence[str] = (),
+           iteration: int | None = None) -> str:
     """Record a reviewer's decision for the waiting iteration; giving the same decision twice is harmless.
 
-    `flipped_ids` names preference pairs the person thinks are the wrong way round: they train with the sides
-    swapped. Of two people deciding at once, the first decision stands and the second gets a UserError.
+    `flipped_ids` names preference pairs the person thinks are the wrong way round (they train swapped), and
+    `confirmed_ids` pairs the person says are the right way round; both count `review.human_weight` times and
+    become human preference rows. `iteration`, when given (the web form sends the one it showed), must be the
+    waiting one: a form left open while the run moved on decides nothing. Of two people deciding at once, the
+    first decision stands and the second gets a UserError.
     """
     run_path = RunDir(run_path).require().path
     it_dir = pending(run_path)
+    if iteration is not None and (it_dir is None or RunDir.iteration_of(it_dir) != iteration):
+        shown = RunDir(run_path).iter_dir(iteration)
+        if (shown / DECISION).is_file():
+            return _same_or_refuse(shown, decision, rejected_ids, flipped_ids, confirmed_ids)
+        now = f"; {it_dir.name} is waiting now (reload the page)" if it_dir is not None else ""
+        raise UserError(f"{shown.name}: not waiting for review{now}")
     if it_dir is None:
         last = latest_request(run_path)
         if last is not None and (last / DECISION).is_file():
-            return _same_or_refuse(last, decision, rejected_ids, flipped_ids)
+            return _same_or_refuse(last, decision, rejected_ids, flipped_ids, confirmed_ids)
         raise UserError(f"{run_path}: no iteration is waiting for review")
     records = RunDir(run_path).train_records(RunDir.iteration_of(it_dir)) or []
     known = {r.id for r in records}
-    unknown = [r for r in [*rejected_ids, *flipped_ids] if r not in known]
+    unknown = [r for r in [*rejected_ids, *flipped_ids, *confirmed_ids] if r not in known]
     if unknown:
         raise UserError(f"{it_dir.name}: no training example with id {unknown[0]!r} (see selfplay review {run_path})")
     pairs = {r.id for r in records if isinstance(r, Pair)}
-    not_pairs = [r for r in flipped_ids if r not in pairs]
+    not_pairs = [r for r in [*flipped_ids, *confirmed_ids] if r not in pairs]
     if not_pairs:
-        raise UserError(f"{it_dir.name}: example {not_pairs[0]!r} is not a preference pair; only a pair can be flipped")
-    both = sorted(set(rejected_ids) & set(flipped_ids))
+        raise UserError(f"{it_dir.name}: example {not_pairs[0]!r} is not a preference pair; only a pair can be "
+                        "flipped or confirmed")
+    sets = [set(rejected_ids), set(flipped_ids), set(confirmed_ids)]
+    both = sorted((sets[0] & sets[1]) | (sets[0] & sets[2]) | (sets[1] & sets[2]))
     if both:
-        raise UserError(f"{it_dir.name}: example {both[0]!r} is both rejected and flipped; choose one")
+        raise UserError(f"{it_dir.name}: example {both[0]!r} is given two of reject, flip and confirm; choose one")
     record: dict[str, Any] = {
-        "decision": decision, "rejected_ids": sorted(set(rejected_ids)),
+        "decision": decision, "rejected_ids": sorted(sets[0]),
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if flipped_ids:
-        record["flipped_ids"] = sorted(set(flipped_ids))
+        record["flipped_ids"] = sorted(sets[1])
+    if confirmed_ids:
+        record["confirmed_ids"] = sorted(sets[2])
     if reason:
         record["reason"] = reason
     if who:
         record["who"] = " ".join(str(who).split())[:80]
     if not create_json_once(it_dir / DECISION, record):  # someone decided a moment ago: theirs stands
-        return _same_or_refuse(it_dir, decision, rejected_ids, flipped_ids)
+        return _same_or_refuse(it_dir, decision, rejected_ids, flipped_ids, confirmed_ids)
     removed = f", {len(record['rejected_ids'])} example(s) removed" if record["rejected_ids"] else ""
-    flipped = f", {len(flipped_ids)} pair(s) flipped" if flipped_ids else ""
-    return f"{it_dir.name}: {decision}{removed}{flipped}"
+    flipped = f", {len(sets[1])} pair(s) flipped" if flipped_ids else ""
+    confirmed = f", {len(sets[2])} pair(s) confirmed" if confirmed_ids else ""
+    return f"{it_dir.name}: {decision}{removed}{flipped}{confirmed}"
 
 
-def _same_or_refuse(it_dir: Path, decision: str, rejected_ids: Sequence[str], flipped_ids: Sequence[str]) -> str:
+def _same_or_refuse(it_dir: Path, decision: str, rejected_ids: Sequence[str], flipped_ids: Sequence[str],
+                    confirmed_ids: Sequence[str]) -> str:
     earlier = read_json(it_dir / DECISION)
     if (earlier["decision"] == decision and sorted(earlier.get("rejected_ids", [])) == sorted(set(rejected_ids))
-            and sorted(earlier.get("flipped_ids", [])) == sorted(set(flipped_ids))):
+            and sorted(earlier.get("flipped_ids", [])) == sorted(set(flipped_ids))
+            and sorted(earlier.get("confirmed_ids", [])) == sorted(set(confirmed_ids))):
         return f"{it_dir.name}: already {decision}; nothing to do"
     by = f" by {earlier['who']}" if earlier.get("who") else ""
     raise UserError(f"{it_dir.name}: already {earlier['decision']}{by} at {earlier.get('decided_at', '?')}; "
@@ -182,11 +201,8 @@ def _same_or_refuse(it_dir: Path, decision: str, rejected_ids: Sequence[str], fl
 
 
 def preference_rows(rundir: RunDir) -> list[dict[str, Any]]:
-    """Preference pairs a person saw in an approved review, as {prompt, chosen, rejected, who, when, ...} rows.
-
-    A pair shown and kept is one the person confirmed; a flipped pair is written the way the person ordered it.
-    Rejected pairs make no row. Pairs the person was not shown (the sample is a share of the data) make none.
-    """
+    """Preference pairs a person confirmed or flipped in an approved review, as {prompt, chosen, rejected, who,
+    when, ...} rows, the prompt as the model saw it. A pair only kept (no call made on it) makes no row."""
     rows = []
     for d in rundir.iter_dirs():
         if not (d / REQUEST).is_file() or not (d / DECISION).is_file():
@@ -194,28 +210,29 @@ def preference_rows(rundir: RunDir) -> list[dict[str, Any]]:
         decision = read_json(d / DECISION)
         if decision["decision"] != "approved":
             continue
-        rejected, flipped = set(decision.get("rejected_ids", [])), set(decision.get("flipped_ids", []))
+        flipped, confirmed = set(decision.get("flipped_ids", [])), set(decision.get("confirmed_ids", []))
         for ex in read_json(d / REQUEST)["shown"]:
-            if "rejected" not in ex or ex["id"] in rejected:
+            if "rejected" not in ex or ex["id"] not in flipped | confirmed:
                 continue
             chosen, other = (ex["rejected"], ex["completion"]) if ex["id"] in flipped else (ex["completion"],
                                                                                           ex["rejected"])
-            rows.append({"prompt": ex["question"], "chosen": chosen, "rejected": other,
-                         "who": decision.get("who") or "anonymous", "when": decision["decided_at"],
-                         "note": decision.get("reason", ""), "source": "review", "split": "train",
-                         "problem_id": ex["problem_id"], "iteration": RunDir.iteration_of(d), "id": ex["id"],
-                         "flipped": ex["id"] in flipped})
+            row = {"prompt": ex.get("prompt", ex["question"]), "chosen": chosen, "rejected": other,
+                   "who": decision.get("who") or "anonymous", "when": decision["decided_at"],
+                   "note": decision.get("reason", ""), "source": "review", "split": "train",
+                   "problem_id": ex["problem_id"], "iteration": RunDir.iteration_of(d), "id": ex["id"],
+                   "flipped": ex["id"] in flipped}
+            if ex.get("messages"):
+                row["messages"] = ex["messages"]
+            rows.append(row)
     return rows
 
 
 def human_labelled(it_dir: Path) -> tuple[set[str], set[str]]:
-    """(ids of the pairs a person confirmed or flipped in this iteration's approved review, ids flipped)."""
-    if not (it_dir / DECISION).is_file() or not (it_dir / REQUEST).is_file():
+    """(ids of the pairs a person confirmed, ids flipped) in this iteration's review decision."""
+    if not (it_dir / DECISION).is_file():
         return set(), set()
     decision = read_json(it_dir / DECISION)
-    rejected = set(decision.get("rejected_ids", []))
-    shown = {ex["id"] for ex in read_json(it_dir / REQUEST)["shown"] if "rejected" in ex}
-    return shown - rejected, set(decision.get("flipped_ids", []))
+    return set(decision.get("confirmed_ids", [])), set(decision.get("flipped_ids", []))
 
 
 def _printable(text: object) -> str:

@@ -18,6 +18,7 @@ for those files and goes on when they appear.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -32,9 +33,19 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from selfplay.errors import UserError
+from selfplay.files import read_json
 from selfplay.loop import human_eval, review
 from selfplay.web import runs as views
-from selfplay.web.security import COOKIE, Refused, csrf_for, file_inside, host_allowed, run_folder, same
+from selfplay.web.security import (
+    Refused,
+    cookie_name,
+    csrf_for,
+    file_inside,
+    host_allowed,
+    run_folder,
+    same,
+    sign,
+)
 
 HERE = Path(__file__).parent
 log = logging.getLogger("selfplay.serve")
@@ -49,14 +60,17 @@ WHO_COOKIE = "selfplay_who"
 def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, refresh_seconds: int = 3) -> FastAPI:
     root = Path(runs_dir)
     csrf = csrf_for(token)
+    cookie = cookie_name(port)  # one per port: two apps on one machine do not log each other out
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
     env.filters["pct"] = lambda v: f"{v:.1%}" if isinstance(v, (int, float)) else "–"
     app = FastAPI(title="selfplay", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        done, sig = request.query_params.get("done", ""), request.query_params.get("sig", "")
+        flash = done if done and same(sig, sign(token, done)) else ""  # only what this app said, not a link's text
         html = env.get_template(template).render(csrf=csrf, who=request.cookies.get(WHO_COOKIE, ""),
-                                             refresh=refresh_seconds, **context)
+                                             refresh=refresh_seconds, flash=flash, **context)
         return HTMLResponse(html, status_code=status)
 
     def refuse(request: Request, status: int, message: str) -> Response:
@@ -66,7 +80,7 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if loopback and not host_allowed(request.headers.get("host"), port):
+        if loopback and not host_allowed(request.headers.get("host")):
             response = refuse(request, 421, f"Host {request.headers.get('host')!r} is not this app's loopback "
                               "address; open the URL `selfplay serve` printed")
         elif request.url.path.startswith("/static/"):
@@ -74,8 +88,8 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
         elif request.method == "GET" and same(request.query_params.get("token"), token):
             # The printed URL: keep the token in a cookie no other site can send, and drop it from the address.
             response = RedirectResponse(request.url.path, status_code=303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
-        elif not (same(request.cookies.get(COOKIE), token)
+            response.set_cookie(cookie, token, httponly=True, samesite="strict", path="/")
+        elif not (same(request.cookies.get(cookie), token)
                   or same(request.headers.get("authorization", "").removeprefix("Bearer "), token)):
             response = refuse(request, 401, "this app needs its token: open the URL `selfplay serve` printed "
                               "(…/?token=…)")
@@ -150,8 +164,7 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
     def review_page(request: Request, name: str):
         path = run_path(name)
         it_dir, request_data, decision = views.review_request(path)
-        return page(request, "review.html", name=name, it_dir=it_dir, req=request_data, decision=decision,
-                    flash=request.query_params.get("done", ""))
+        return page(request, "review.html", name=name, it_dir=it_dir, req=request_data, decision=decision)
 
     @app.post("/runs/{name}/review")
     async def review_post(request: Request, name: str):
@@ -162,25 +175,30 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
         who = str(form.get("who", ""))[:80]
         if action not in ("approve", "reject"):
             raise Refused(400, f"action: {action[:40]!r} is not approve or reject")
-        it_dir, request_data, _ = views.review_request(path)
-        if request_data is None:
-            raise Refused(409, f"{name}: no review has been requested")
+        try:
+            iteration = int(str(form.get("iteration", "")))
+        except ValueError:
+            raise Refused(400, "iteration: the form names no iteration (reload the review page)") from None
+        it_dir = path / f"iter-{iteration:03d}"
+        if not 0 < iteration < 1000 or not (it_dir / review.REQUEST).is_file():
+            raise Refused(404, f"{name}: iteration {iteration} asked for no review")
+        request_data = read_json(it_dir / review.REQUEST)
         shown = {ex["id"] for ex in request_data["shown"]}
         strays = [k for k in form.keys() if k.startswith("ex:") and k[3:] not in shown]
         choices = {k[3:]: str(form[k]) for k in strays}  # refused below, with the rest, when not a choice
         choices.update({i: str(form.get(f"ex:{i}", "keep")) for i in shown})
-        bad = {k: v for k, v in choices.items() if v not in ("keep", "reject", "flip")}
+        bad = {k: v for k, v in choices.items() if v not in ("keep", "confirm", "flip", "reject")}
         if bad:
             key = next(iter(bad))
-            raise Refused(400, f"ex:{key}: {bad[key][:40]!r} is not keep, reject or flip")
+            raise Refused(400, f"ex:{key}: {bad[key][:40]!r} is not keep, confirm, flip or reject")
         reason = str(form.get("reason", ""))[:2000]
         if action == "approve":
-            message = review.decide(path, "approved", [k for k, v in choices.items() if v == "reject"],
-                                    reason=reason or None, who=who,
-                                    flipped_ids=[k for k, v in choices.items() if v == "flip"])
+            calls = {c: [k for k, v in choices.items() if v == c] for c in ("reject", "flip", "confirm")}
+            message = review.decide(path, "approved", calls["reject"], reason=reason or None, who=who,
+                                    flipped_ids=calls["flip"], confirmed_ids=calls["confirm"], iteration=iteration)
         else:
-            message = review.decide(path, "rejected", reason=reason or None, who=who)
-        return _back(f"/runs/{quote(name)}/review?done={quote(message)}", who)
+            message = review.decide(path, "rejected", reason=reason or None, who=who, iteration=iteration)
+        return _back(f"/runs/{quote(name)}/review?done={quote(message)}&sig={sign(token, message)}", who)
 
     @app.get("/runs/{name}/blind", response_class=HTMLResponse)
     def blind(request: Request, name: str):
@@ -188,9 +206,12 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
         it_dir, request_data, given = views.blind_state(path)
         pairs = request_data["pairs"] if request_data else []
         todo = [p for p in pairs if p["id"] not in given]
-        return page(request, "blind.html", name=name, it_dir=it_dir, req=request_data, pair=todo[0] if todo else None,
-                    left=len(todo), judged=len(pairs) - len(todo), total=len(pairs),
-                    flash=request.query_params.get("done", ""))
+        # People judging at once start at different pairs (by name), so they seldom race for the same one.
+        who = request.cookies.get(WHO_COOKIE, "")
+        start = int(hashlib.sha256(who.encode()).hexdigest(), 16) % len(todo) if todo and who else 0
+        return page(request, "blind.html", name=name, it_dir=it_dir, req=request_data,
+                    pair=todo[start] if todo else None, left=len(todo), judged=len(pairs) - len(todo),
+                    total=len(pairs))
 
     @app.post("/runs/{name}/blind/{iteration}/{pair_id}")
     async def blind_post(request: Request, name: str, iteration: int, pair_id: str):
@@ -198,12 +219,12 @@ def create_app(runs_dir: Path, token: str, port: int, loopback: bool = True, ref
         form = await request.form()
         _check_csrf(form, csrf)
         it_dir = path / f"iter-{iteration:03d}"
-        if iteration < 0 or not (it_dir / human_eval.REQUEST).is_file():
+        if not 0 < iteration < 1000 or not (it_dir / human_eval.REQUEST).is_file():
             raise Refused(404, f"{name}: iteration {iteration} has no blind evaluation")
         who = str(form.get("who", ""))[:80]
         message = human_eval.vote(it_dir, pair_id, str(form.get("choice", ""))[:10], who,
                                   str(form.get("note", "")))
-        return _back(f"/runs/{quote(name)}/blind?done={quote(message)}", who)
+        return _back(f"/runs/{quote(name)}/blind?done={quote(message)}&sig={sign(token, message)}", who)
 
     return app
 

@@ -7,16 +7,16 @@ written atomically, so it sees a whole old version or a whole new one.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfplay import progress
-from selfplay.files import read_json
+from selfplay.files import read_json, read_jsonl
 from selfplay.loop import human_eval, review
 from selfplay.loop.rundir import RunDir
-from selfplay.records import Problem
 from selfplay.results import GUARDS
 
 STALE_SECONDS = 120  # a run whose progress has not moved for this long, with no process holding it, is not running
@@ -55,19 +55,23 @@ class RunView:
 
 
 def held(path: Path) -> bool:
-    """Is a selfplay process working on the run (it holds the folder's lock)?"""
-    import fcntl
+    """Is a selfplay process working on the run? The lock file names its holder; a killed holder's pid is gone.
 
-    lock = path / ".lock"
-    if not lock.is_file():
+    The lock itself is not probed: taking it, even shared and for a moment, could make a starting run refuse.
+    """
+    try:
+        pid = int((path / ".lock").read_text().strip() or 0)
+    except (OSError, ValueError):
         return False
-    with open(lock) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def view(path: Path) -> RunView:
@@ -103,7 +107,16 @@ def runs(root: Path) -> list[RunView]:
         if real.is_relative_to(real_root) and (d / "config.yaml").is_file():
             found.append(d)
     found.sort(key=lambda d: (d / "state.json").stat().st_mtime if (d / "state.json").is_file() else 0, reverse=True)
-    return [view(d) for d in found]
+    return [_view_or_unreadable(d) for d in found]
+
+
+def _view_or_unreadable(path: Path) -> RunView:
+    """One run's view; a folder that cannot be read (an old config, a broken file) is listed as such, not fatal."""
+    try:
+        return view(path)
+    except Exception as e:  # noqa: BLE001 - one bad folder must not hide every other run
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        return RunView(path.name, f"unreadable: {reason}", "?", None, 0, None)
 
 
 def guard_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -148,8 +161,6 @@ def lineage(path: Path, example_id: str) -> dict[str, Any] | None:
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
-    from selfplay.files import read_jsonl
-
     return read_jsonl(path) if path.is_file() else []
 
 
@@ -174,10 +185,3 @@ def blind_state(path: Path) -> tuple[Path | None, dict[str, Any] | None, dict[st
     if it_dir is None:
         return None, None, {}
     return it_dir, read_json(it_dir / human_eval.REQUEST), human_eval.votes(it_dir)
-
-
-def problem_of(path: Path, problem_id: str) -> Problem | None:
-    for row in _rows(RunDir(path).problems_dir / "heldout.jsonl"):
-        if row["id"] == problem_id:
-            return Problem(**row)
-    return None

@@ -1,11 +1,13 @@
 """What keeps the web app safe on a shared machine: the token, cross-site refusal, the Host check, safe paths.
 
-- Every page needs the token the app prints at start. Opening `/?token=T` once stores it in a cookie that is
-  HttpOnly and SameSite=Strict (a page on another site cannot send it); scripts may send `Authorization: Bearer T`.
+- Every page needs the token the app prints at start. Opening `/?token=T` once stores it in an HttpOnly,
+  SameSite=Strict cookie named for the app's port; scripts may send `Authorization: Bearer T`. Cookies do not
+  keep ports apart, so another server on the same host could be sent it: what protects a decision is the next
+  point.
 - A writing request (POST) also needs the form's `csrf` field, derived from the token, and an Origin, when the
   browser sends one, that is this app's own: a page elsewhere cannot make a person's browser decide for them.
-- Bound to loopback, the app answers only requests whose Host is a loopback name, so a web page cannot reach it
-  through DNS rebinding.
+- Bound to loopback, the app answers only requests whose Host is a loopback name (any port: an SSH tunnel
+  works), so a web page cannot reach it through DNS rebinding.
 - A run name in a URL is one folder name under the runs folder; whatever it resolves to (after `..` or symlinks)
   must still lie inside the runs folder.
 """
@@ -19,7 +21,6 @@ import re
 import secrets
 from pathlib import Path
 
-COOKIE = "selfplay_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -34,6 +35,15 @@ class Refused(Exception):
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def cookie_name(port: int) -> str:
+    return f"selfplay_token_{port}"
+
+
+def sign(token: str, message: str) -> str:
+    """A short signature of a message this app shows after a redirect, so a link cannot put words in its mouth."""
+    return hmac.new(token.encode(), b"flash\0" + message.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def csrf_for(token: str) -> str:
@@ -53,14 +63,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def host_allowed(host_header: str | None, port: int) -> bool:
-    """Is the Host a loopback name for this port (DNS rebinding puts a foreign name here)?"""
+def host_allowed(host_header: str | None) -> bool:
+    """Is the Host a loopback name? DNS rebinding puts a foreign name here. The port is not checked, so an SSH
+    tunnel on another local port (ssh -L 9000:localhost:8765) works."""
     if not host_header:
         return False
-    name, _, given = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
-    if not name:
-        name, given = host_header, ""
-    return name.lower() in LOOPBACK_NAMES and (not given or given == str(port))
+    name = host_header
+    if host_header.startswith("["):  # [::1] or [::1]:8765
+        name = host_header[: host_header.index("]") + 1] if "]" in host_header else host_header
+    elif host_header.count(":") == 1:
+        name = host_header.split(":")[0]
+    return name.lower() in LOOPBACK_NAMES
 
 
 def run_folder(root: Path, name: str) -> Path:

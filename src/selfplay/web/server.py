@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8765, allow_remot
     except ImportError as e:
         raise UserError(f"selfplay serve needs the web extra ({e.name} is missing): pip install 'selfplay[web]'") \
             from None
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        raise UserError("selfplay serve needs the web extra (python-multipart, for its forms, is missing): "
+                        "pip install 'selfplay[web]'")
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: no such folder (the folder that holds run folders, e.g. runs/)")
