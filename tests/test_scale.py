@@ -25,7 +25,7 @@ from selfplay.scale import Handout, RayWorkers
 from selfplay.scale.fanout import handout_size
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.test_code import code_overrides, needs_bwrap
-from tests.test_resume import _kill_when, _line_count, _start
+from tests.test_resume import _kill_when, _line_count
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'selfplay[ray]')")
 pytestmark = pytest.mark.e2e
@@ -182,6 +182,14 @@ def test_a_handout_that_keeps_failing_stops_with_one_line_naming_the_problem(clu
         workers.shutdown()
 
 
+def _wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the run ended before the kill"
+        assert time.monotonic() < deadline, "timed out waiting for the run to reach the kill point"
+        time.sleep(0.05)
+
+
 def _samples(run: Path) -> dict[str, str]:
     return {r["id"]: r["completion"] for r in read_jsonl(run / "iter-001" / "samples.jsonl")}
 
@@ -192,50 +200,55 @@ LONG = {"task.train_size": 16, "generate.batch_size": 2, "generate.max_new_token
         "generate.backend": "tests.plugins:slow_backend", "generate.options": "{delay: 0.3}"}
 
 
-def test_an_rft_iteration_on_the_cluster_writes_a_local_runs_samples_through_a_worker_kill_and_a_driver_kill(
+def test_an_rft_iteration_on_the_cluster_writes_a_local_runs_samples_through_a_worker_kill_a_driver_kill_and_a_resume(
         cluster, tiny_model, sums_jsonl, tmp_path):
-    local_args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="local", **LONG)
-    proc = run_cli("run", *local_args)
+    # The local run needs no delay: the slow backend's samples are the continuous backend's whatever the delay.
+    proc = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="local",
+                                          **{**LONG, "generate.options": "{delay: 0}"}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = _samples(tmp_path / "local")
 
-    # Two workers; one is SIGKILLed in the middle of generation.
-    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="ray2", **LONG, **{
+    # Two workers; one is SIGKILLed in the middle of generation, then (once its problem was handed to another
+    # worker and more samples came in) the driver is, and the run resumes on the cluster with one worker.
+    run = tmp_path / "ray"
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="ray", **LONG, **{
         "scale.ray_address": cluster.address, "scale.workers": 2, "scale.env": ENV})
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    partial = tmp_path / "ray2" / "iter-001" / "samples.partial.jsonl"
-    deadline = time.monotonic() + 240
-    while _line_count(partial) < 4:
-        assert driver.poll() is None and time.monotonic() < deadline, "the run ended or stalled before the kill"
-        time.sleep(0.05)
-    os.kill(_busy_workers()[0], signal.SIGKILL)
-    out, _ = driver.communicate(timeout=300)
-    assert driver.returncode == 0, out[-3000:]
-    assert "its worker died" in out and "handing it to another worker" in out
-    assert json.loads((tmp_path / "ray2" / "iter-001" / "generate.json").read_text())["ran_on"] == "ray"
-    assert _samples(tmp_path / "ray2") == expected  # none lost, none doubled, the same as the local run's
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
+    partial = run / "iter-001" / "samples.partial.jsonl"
+    try:
+        _wait_for(driver, lambda: _line_count(partial) >= 4)
+        os.kill(_busy_workers()[0], signal.SIGKILL)
+        at_worker_kill = _line_count(partial)
+        _kill_when(driver, lambda: "handing it to another worker" in log.read_text()
+                   and _line_count(partial) >= at_worker_kill + 4)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert "its worker died" in log.read_text()
+    before = partial.read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in before]
+    assert len(ids) == len(set(ids)), "a sample written twice through the worker kill"
+    proc = run_cli("resume", str(run), "scale.workers=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Ray: joined {cluster.address}; 1 worker(s)" in proc.stdout  # where it runs may change on resume
+    assert f"resuming; {len(before) // 2} of 16 problems already sampled" in proc.stdout
+    final = read_jsonl(run / "iter-001" / "samples.jsonl")
+    assert len(final) == 32 and len({r["id"] for r in final}) == 32
+    assert set(before) <= set((run / "iter-001" / "samples.jsonl").read_text().splitlines())  # kept, not redone
+    assert json.loads((run / "iter-001" / "generate.json").read_text())["ran_on"] == "ray"
+    assert _samples(run) == expected  # none lost, none doubled, the same as the local run's
+
     # the evaluation ran on the workers too: the same answers, so the same figures
-    def figures(run: str) -> list[tuple]:
-        rows = read_jsonl(tmp_path / run / "metrics.jsonl")
+    def figures(name: str) -> list[tuple]:
+        rows = read_jsonl(tmp_path / name / "metrics.jsonl")
         return [(m["iteration"], m["greedy_accuracy"], m["pass@2"]) for m in rows]
 
-    assert figures("ray2") == figures("local")
-
-    # One worker; the driver is SIGKILLed in the middle of generation, and the run resumes on the cluster.
-    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="ray1", **LONG, **{
-        "scale.ray_address": cluster.address, "scale.workers": 1, "scale.env": ENV})
-    partial = tmp_path / "ray1" / "iter-001" / "samples.partial.jsonl"
-    _kill_when(_start("run", *args), lambda: _line_count(partial) >= 4)
-    before = partial.read_text().splitlines()
-    proc = run_cli("resume", str(tmp_path / "ray1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    done = len(before) // 2
-    assert f"resuming; {done} of 16 problems already sampled" in proc.stdout
-    assert set(before) <= set((tmp_path / "ray1" / "iter-001" / "samples.jsonl").read_text().splitlines())
-    assert _samples(tmp_path / "ray1") == expected
+    assert figures("ray") == figures("local")
 
 
 @needs_bwrap
