@@ -85,7 +85,7 @@ def test_user_recipe_backend_and_task_resume_after_sigkill_without_redoing_or_do
                                                                                          tmp_path):
     args, log, judged = _plugin_args(tiny_model, sums_jsonl, tmp_path, **{
         "task.source": "tests.plugins:CountingTask", "task.params": "{count: 40}", "task.path": "null",
-        "task.train_size": 20, "generate.batch_size": 2, "generate.max_new_tokens": 16,
+        "task.train_size": 12, "generate.batch_size": 2, "generate.max_new_tokens": 16,
         "generate.options": f"{{log: '{tmp_path / 'backend.log'}', delay: 0.2}}",
     })
     partial = tmp_path / "t" / "iter-001" / "samples.partial.jsonl"
@@ -95,15 +95,15 @@ def test_user_recipe_backend_and_task_resume_after_sigkill_without_redoing_or_do
     calls_before = len(log.read_text().splitlines())
     resumed = run_cli("resume", str(tmp_path / "t"))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming; {done} of 20 problems already sampled" in resumed.stdout
+    assert f"resuming; {done} of 12 problems already sampled" in resumed.stdout
     it = tmp_path / "t" / "iter-001"
     samples = read_jsonl(it / "samples.jsonl")
-    assert len(samples) == 40 and len({s["id"] for s in samples}) == 40
+    assert len(samples) == 24 and len({s["id"] for s in samples}) == 24
     assert set(kept[: 2 * done]) <= set((it / "samples.jsonl").read_text().splitlines())  # kept, not redone
     # The resume's first backend call sampled only the problems not on disk (iteration 0's evaluation was done).
     first = json.loads(log.read_text().splitlines()[calls_before])
-    assert first == {"batch_size": 2, "problems": 20 - done, "n": 2}
-    assert len(read_jsonl(it / "pairs.jsonl")) == 20
+    assert first == {"batch_size": 2, "problems": 12 - done, "n": 2}
+    assert len(read_jsonl(it / "pairs.jsonl")) == 12
     assert json.loads((it / "eval.json").read_text())["model"] == str(it / "model")
 
 
