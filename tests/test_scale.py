@@ -133,7 +133,7 @@ def test_a_dead_or_hung_worker_loses_nothing_and_doubles_nothing_and_an_unreadab
     params = SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=3)
     expected = {p.id: [c.text for c in cs] for batch in local.generate(PROBLEMS, params, 8) for p, cs in batch}
 
-    workers = _workers(cluster, task_timeout=10, max_retries=2)
+    workers = _workers(cluster, task_timeout=5, max_retries=2)  # a warm handout here takes well under a second
     stopped = None
     try:
         # Both workers load the model and answer once (warm, so the hung one is held to task_timeout alone); their pids.
