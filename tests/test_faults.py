@@ -49,11 +49,13 @@ def test_a_refused_atomic_write_removes_its_temporary_file_and_keeps_the_old_one
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("limit, where", [
-    (3500, "iter-000/eval.json: cannot write (File too large)"),  # our own atomic write (config.yaml is ~3.1 KB)
+    # Our own atomic write: config.yaml (~3.6 KB with the test's paths) fits, iter-000's sampled answers (~5.4 KB
+    # at eval.samples 4) do not.
+    (4500, "iter-000/eval_sampled.jsonl: cannot write (File too large)"),
     (60000, "iter-001: cannot write (training: File too large)"),  # the trainer's checkpoint (safetensors)
 ])
 def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(tiny_model, sums_jsonl, tmp_path, limit, where):
-    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path)
+    args = tiny_overrides(tiny_model, sums_jsonl, tmp_path, **{"eval.samples": 4})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "selfplay", "run", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300, preexec_fn=_limit_file_size(limit))
