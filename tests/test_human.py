@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from selfplay.preferences import read_pairs, same_pair, train_rm
 from selfplay.records import Pair
 from selfplay.results import GuardResult
 from tests.conftest import run_cli, tiny_overrides
+from tests.test_resume import _wait_until
 from tests.test_review import _start, _wait_for
 
 
@@ -57,10 +57,12 @@ def test_blind_evaluation_in_a_run_reaches_eval_json_and_stops_the_run(tiny_mode
         proc.kill()
         proc.communicate()
         proc = _start(["resume", str(run)])
-        deadline = time.monotonic() + 240
-        while "waiting for human evaluation" not in (run / "state.json").read_text() or not _held(run, proc):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
+        resumed = proc
+
+        def back_at_the_wait() -> bool:
+            return _held(run, resumed) and "waiting for human evaluation" in (run / "state.json").read_text()
+
+        _wait_until(proc, back_at_the_wait, poll=0.2, what="the blind evaluation's wait")
         assert json.loads((it / human_eval.REQUEST).read_text()) == request and len(human_eval.votes(it)) == 2
         for pair in request["pairs"][2:]:
             human_eval.vote(it, pair["id"], old_sides[pair["id"]], "alice")

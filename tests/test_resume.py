@@ -26,12 +26,18 @@ def _start(*args: str) -> subprocess.Popen:
     )
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+def _wait_until(proc: subprocess.Popen, ready, timeout: float = 240, poll: float = 0.02, what: str = "the kill point"
+                ) -> None:
+    """Wait while `proc` runs until `ready()`; fail if it ends first or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "timed out waiting for the run to reach the kill point"
-        time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for the run to reach {what}"
+        time.sleep(poll)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    _wait_until(proc, ready, timeout)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 

@@ -14,6 +14,7 @@ import pytest
 
 from selfplay.files import read_jsonl
 from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.test_resume import _wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +26,7 @@ def _start(args):
 
 
 def _wait_for(path, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
+    _wait_until(proc, path.exists, timeout, poll=0.2, what=str(path))
 
 
 def _args(tiny_model, sums_jsonl, tmp_path):

@@ -25,7 +25,7 @@ from selfplay.scale import Handout, RayWorkers
 from selfplay.scale.fanout import handout_size
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.test_code import code_overrides, needs_bwrap
-from tests.test_resume import _kill_when, _line_count
+from tests.test_resume import _kill_when, _line_count, _wait_until
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'selfplay[ray]')")
 pytestmark = pytest.mark.e2e
@@ -182,14 +182,6 @@ def test_a_handout_that_keeps_failing_stops_with_one_line_naming_the_problem(clu
         workers.shutdown()
 
 
-def _wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, "the run ended before the kill"
-        assert time.monotonic() < deadline, "timed out waiting for the run to reach the kill point"
-        time.sleep(0.05)
-
-
 def _samples(run: Path) -> dict[str, str]:
     return {r["id"]: r["completion"] for r in read_jsonl(run / "iter-001" / "samples.jsonl")}
 
@@ -220,7 +212,7 @@ def test_an_rft_iteration_on_the_cluster_writes_a_local_runs_samples_through_a_w
             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
     partial = run / "iter-001" / "samples.partial.jsonl"
     try:
-        _wait_for(driver, lambda: _line_count(partial) >= 4)
+        _wait_until(driver, lambda: _line_count(partial) >= 4, poll=0.05)
         os.kill(_busy_workers()[0], signal.SIGKILL)
         at_worker_kill = _line_count(partial)
         _kill_when(driver, lambda: "handing it to another worker" in log.read_text()

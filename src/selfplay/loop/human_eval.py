@@ -38,7 +38,7 @@ from selfplay.results import GuardResult
 REQUEST, KEY, VOTES = "human_eval.request.json", "human_eval.key.json", "human_eval.votes"
 PREFERENCES = "human-preferences.jsonl"  # in the run folder: every person's preference so far, rebuilt, never appended
 CHOICES = ("left", "right", "tie")
-MAX_NOTE, MAX_WHO = 2000, 80
+MAX_NOTE = 2000
 _PAIR_ID = re.compile(r"h\d{3,}")
 
 
@@ -97,7 +97,7 @@ def vote(it_dir: Path, pair_id: str, choice: str, who: str, note: str = "") -> s
         raise UserError(f"{it_dir.name}: no pair {pair_id!r} in this blind evaluation")
     if choice not in CHOICES:
         raise UserError(f"choice: {choice!r} is not one of {', '.join(CHOICES)}")
-    who = " ".join(str(who).split())[:MAX_WHO] or "anonymous"
+    who = review.person(who) or "anonymous"
     (it_dir / VOTES).mkdir(exist_ok=True)
     record = {"choice": choice, "note": str(note)[:MAX_NOTE], "who": who, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if not create_json_once(it_dir / VOTES / f"{pair_id}.json", record):
@@ -168,10 +168,11 @@ def preference_rows(rundir: RunDir) -> list[dict[str, Any]]:
     for d in rundir.iter_dirs():
         if not (d / KEY).is_file() or not (d / REQUEST).is_file():
             continue
+        key = read_json(d / KEY)["pairs"]
         for pair, result, v in outcomes(d):
             if result == "tie":
                 continue
-            new_side = read_json(d / KEY)["pairs"][pair["id"]]["new"]
+            new_side = key[pair["id"]]["new"]
             new, old = pair[new_side], pair["right" if new_side == "left" else "left"]
             chosen, rejected = (new, old) if result == "a" else (old, new)
             row = {"prompt": pair["prompt"], "chosen": chosen, "rejected": rejected, "who": v["who"],

@@ -178,14 +178,19 @@ def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reas
         record["confirmed_ids"] = sorted(sets[2])
     if reason:
         record["reason"] = reason
-    if who:
-        record["who"] = " ".join(str(who).split())[:80]
+    if person(who):
+        record["who"] = person(who)
     if not create_json_once(it_dir / DECISION, record):  # someone decided a moment ago: theirs stands
         return _same_or_refuse(it_dir, decision, rejected_ids, flipped_ids, confirmed_ids)
     removed = f", {len(record['rejected_ids'])} example(s) removed" if record["rejected_ids"] else ""
     flipped = f", {len(sets[1])} pair(s) flipped" if flipped_ids else ""
     confirmed = f", {len(sets[2])} pair(s) confirmed" if confirmed_ids else ""
     return f"{it_dir.name}: {decision}{removed}{flipped}{confirmed}"
+
+
+def person(who: object) -> str:
+    """A person's name as the decision and verdict files keep it: one line, at most 80 characters."""
+    return " ".join(str(who).split())[:80]
 
 
 def _same_or_refuse(it_dir: Path, decision: str, rejected_ids: Sequence[str], flipped_ids: Sequence[str],
