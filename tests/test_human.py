@@ -230,3 +230,11 @@ def test_pairs_a_person_flips_or_keeps_in_review_train_as_theirs(tiny_model, tmp
     ai, people = read_pairs(it / "pairs.jsonl"), read_pairs(run / human_eval.PREFERENCES)
     pairs, weights, replaced = combine(ai, people, same_pair)
     assert replaced == 2 and len(pairs) == 6 and sum(weights) == 2
+
+
+def test_blind_evaluation_settings_that_would_never_run_are_refused(tmp_path):
+    with pytest.raises(UserError, match="stop.min_human_win_rate: set, but review.human_eval is 0"):
+        load_config(None, ["stop.min_human_win_rate=0.5"])
+    with pytest.raises(UserError, match=r"review.human_eval: 3 is more than iterations \(2\)"):
+        load_config(None, ["review.human_eval=3", "iterations=2"])
+    assert load_config(None, ["review.human_eval=2", "iterations=2", "stop.min_human_win_rate=0.5"])

@@ -223,3 +223,15 @@ def test_a_broken_run_folder_is_listed_not_fatal(waiting_run):
         assert 'href="/runs/t"' in listing.text  # the good run is still listed
     finally:
         shutil.rmtree(broken)
+
+
+def test_a_run_counts_as_running_only_while_its_lock_holder_lives(tmp_path):
+    from selfplay.web.runs import held
+
+    assert not held(tmp_path)  # no lock file: never started
+    (tmp_path / ".lock").write_text(str(os.getpid()))
+    assert held(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(str(dead.pid))
+    assert not held(tmp_path)  # killed runs leave their pid behind
