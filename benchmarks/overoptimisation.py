@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=300, help="instruction requests to build pairs from")
     parser.add_argument("--answers", type=int, default=4, help="answers sampled per request")
     parser.add_argument("--updates", type=int, default=40, help="GRPO updates against the reward model")
+    parser.add_argument("--instructions", help="comma-separated IFEval instruction ids to draw constraints from (all "
+                        "22 by default); a few surface-visible ones give the reward model a learnable signal")
+    parser.add_argument("--constraints", type=int, default=2, help="at most this many constraints per request (2)")
+    parser.add_argument("--heldout", type=float, default=0.2,
+                        help="share of the pairs held out to score the reward model (0.2)")
     parser.add_argument("--min-rm-accuracy", type=float, default=0.6,
                         help="stop before RL when the reward model ranks fewer held-out pairs right (0.6): a proxy "
                         "at chance cannot show over-optimisation, and RL here takes hours")
@@ -87,7 +92,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for the run")
     args = parser.parse_args()
     _offline_env()
-    task_params = "{min_constraints: 1, max_constraints: 2}"
+    allowed = [i.strip() for i in (args.instructions or "").split(",") if i.strip()]
+    task_params = (f"{{min_constraints: 1, max_constraints: {args.constraints}"
+                   + (f", instructions: [{', '.join(allowed)}]" if allowed else "") + "}")
     if args.smoke:
         # The tiny random model follows no constraint on purpose; "no commas" it follows by chance, sometimes.
         args.prompts, args.answers, args.updates, args.min_rm_accuracy = 12, 4, 2, 0.0
@@ -104,7 +111,7 @@ def main() -> None:
     if len(pairs) < 2:
         fail(f"only {len(pairs)} pair(s): the answers did not differ by IFEval; raise --prompts or --answers")
     rm_dir = out / "bench-overopt-rm"
-    rm = train_on_pairs(pairs, rm_dir, cfg, resolve_model_path(cfg.model.path), 0.1,
+    rm = train_on_pairs(pairs, rm_dir, cfg, resolve_model_path(cfg.model.path), args.heldout,
                         extra={"built": built}, where="ordered pairs")
     if (rm["accuracy"] or 0.0) < args.min_rm_accuracy:
         fail(f"the reward model ranks {rm['accuracy'] or 0.0:.0%} of {rm['heldout_pairs']} held-out pairs right, under "

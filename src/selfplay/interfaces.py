@@ -95,13 +95,15 @@ class GroupVerifier(Protocol):
 
 @runtime_checkable
 class StreamVerifier(Protocol):
-    """A verifier that reports each verdict as it finishes (a pool of sandboxes): (index into items, verdict)."""
+    """A verifier that reports each verdict as it finishes (a pool of sandboxes): (index into items, verdict), or
+    a list of such pairs for verdicts that finish together (one Ray handout), saved with one fsync."""
 
     name: str
 
     def verify(self, problem: Problem, sample: Sample) -> Verdict: ...
 
-    def verify_stream(self, items: Sequence[tuple[Problem, Sample]]) -> Iterator[tuple[int, Verdict]]: ...
+    def verify_stream(self, items: Sequence[tuple[Problem, Sample]]
+                      ) -> Iterator[tuple[int, Verdict] | list[tuple[int, Verdict]]]: ...
 
 
 class Split(Protocol):

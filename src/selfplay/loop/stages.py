@@ -138,10 +138,14 @@ def verify(
     todo = [s for s in samples if s.id not in done]
     with JsonlAppender(partial) as sink:
         if isinstance(verifier, StreamVerifier):
-            # Each verdict is written as it finishes: a killed stage re-runs none that was written.
-            for n, (_, v) in enumerate(verifier.verify_stream([(by_id[s.problem_id], s) for s in todo]), 1):
-                sink.write_many([to_dict(v)])
-                progress.report(len(done) + n, len(samples), "sample")
+            # Each verdict is written as it finishes (those that finish together, one fsync): a killed stage
+            # re-runs none that was written.
+            n = len(done)
+            for got in verifier.verify_stream([(by_id[s.problem_id], s) for s in todo]):
+                group = got if isinstance(got, list) else [got]
+                sink.write_many(to_dict(v) for _, v in group)
+                n += len(group)
+                progress.report(n, len(samples), "sample")
         else:
             judged = len(done)
             for chunk in _batches(todo, batch_size, whole=isinstance(verifier, GroupVerifier)):

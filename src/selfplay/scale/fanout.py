@@ -88,8 +88,9 @@ class RayVerifier:
     def verify(self, problem: Problem, sample: Sample) -> Verdict:
         return self.local.verify(problem, sample)
 
-    def verify_stream(self, items: Sequence[tuple[Problem, Sample]]) -> Iterator[tuple[int, Verdict]]:
-        """(index into items, verdict) as each handout comes back; a problem's samples stay in one handout."""
+    def verify_stream(self, items: Sequence[tuple[Problem, Sample]]) -> Iterator[list[tuple[int, Verdict]]]:
+        """[(index into items, verdict), ...] for each handout as it comes back (the stage saves it with one fsync,
+        not one per verdict: the driver's time per handout at scale); a problem's samples stay in one handout."""
         groups: dict[str, list[int]] = defaultdict(list)
         for n, (p, _) in enumerate(items):
             groups[p.id].append(n)
@@ -103,13 +104,13 @@ class RayVerifier:
             pairs = [(to_dict(items[n][0]), to_dict(items[n][1])) for n in index]
             handouts.append(Handout(ids[b], "verify", (spec, pairs), ids[b: b + size], data=index))
         for h, verdicts in self.workers.run(handouts):
-            for n, v in zip(h.data, verdicts, strict=True):
-                yield n, from_dict(Verdict, v)
+            yield [(n, from_dict(Verdict, v)) for n, v in zip(h.data, verdicts, strict=True)]
 
     def verify_many(self, items: Sequence[tuple[Problem, Sample]]) -> list[Verdict]:
         out: list[Verdict | None] = [None] * len(items)
-        for n, v in self.verify_stream(items):
-            out[n] = v
+        for group in self.verify_stream(items):
+            for n, v in group:
+                out[n] = v
         return out  # type: ignore[return-value]
 
     def __getattr__(self, name: str) -> Any:

@@ -4,7 +4,8 @@ A config names a built-in from VERIFIERS or a user's factory as 'module:attr'. A
 as `factory(options, run)`: `options` is `verify.options`, and `run.generator(which)` hands it a
 generator for 'current' (the model this iteration samples from), 'base', or a model folder, for a judge.
 A verifier may also define `verify_many(items)` to judge a batch at once, and `verify_stream(items)` to yield
-(index, verdict) as each finishes, so the verify stage appends each verdict as soon as it is known.
+(index, verdict) as each finishes (or a list of them that finished together), so the verify stage appends each
+verdict as soon as it is known.
 """
 
 from __future__ import annotations
