@@ -123,8 +123,33 @@ def tiny_overrides(model: Path, data: Path, out: Path, name: str = "t", **extra:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "selfplay", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`selfplay ARGS` as a user runs it: its exit code, stdout and stderr.
+
+    By default it runs in this test process (`selfplay.cli.main`, output captured): a new interpreter costs a few
+    CPU seconds of importing torch and transformers, and the suite makes dozens of these calls. `fresh=True`, or a
+    `cwd` other than the repository, starts `python -m selfplay` in a new process instead, as the tests that kill
+    a run or read what a new process prints need. Both catch what escapes `main` as the interpreter would: exit
+    code 1 and the traceback on stderr."""
+    if fresh or Path(cwd) != ROOT:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        return subprocess.run([sys.executable, "-m", "selfplay", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    import contextlib
+    import io
+    import traceback
+
+    from selfplay.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's errors and --help
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - the interpreter would print it and exit 1
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["selfplay", *args], code or 0, out.getvalue(), err.getvalue())

@@ -83,6 +83,36 @@ def test_handouts_fill_a_batch_and_give_each_worker_two():
     assert handout_size(3, 8, 64, 4, None) == 1 and handout_size(50, 1, 64, 2, 7) == 7
 
 
+def test_evaluation_puts_samples_back_in_the_problems_order_whatever_order_the_workers_return_them(tiny_model):
+    """Ray hands results back as handouts finish. Self-BLEU draws a seeded subset of over 100 texts by position, so
+    an evaluation that kept arrival order would give the same samples a different figure on the cluster."""
+    from selfplay.generation import build_generator, sample_batches
+    from selfplay.guards.diversity import self_bleu
+    from selfplay.loop.evaluation import _in_order
+    from selfplay.models import placement
+
+    texts = [f"answer {n} is {n * 7 % 13} then {n % 5} and {n * 3}" for n in range(150)]
+    assert self_bleu(texts) != self_bleu(texts[::-1])  # why the order matters
+
+    class FinishedBackwards:  # the real decoder, its batches handed back last first as a slow first worker would
+        def __init__(self, inner):
+            self.inner, self.model_name = inner, inner.model_name
+
+        def generate(self, problems, params, batch_size):
+            return iter(list(self.inner.generate(problems, params, batch_size))[::-1])
+
+    gen = build_generator("continuous", tiny_model, placement("cpu", "float32"), {})
+    try:
+        problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(6)]
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=3)
+        plain = [s for b in sample_batches(gen, problems, params, 4) for s in b]
+        backwards = [s for b in sample_batches(FinishedBackwards(gen), problems, params, 4) for s in b]
+        assert [s.problem_id for s in backwards] != [s.problem_id for s in plain]
+        assert _in_order(FinishedBackwards(gen), problems, params, 4, "t") == plain
+    finally:
+        gen.close()
+
+
 def test_scale_settings_are_checked_and_may_change_on_resume(tmp_path):
     with pytest.raises(UserError, match="scale.ray_address: empty"):
         load_config(None, ["scale.ray_address=' '"])
@@ -235,12 +265,24 @@ def test_an_rft_iteration_on_the_cluster_writes_a_local_runs_samples_through_a_w
     assert json.loads((run / "iter-001" / "generate.json").read_text())["ran_on"] == "ray"
     assert _samples(run) == expected  # none lost, none doubled, the same as the local run's
 
-    # the evaluation ran on the workers too: the same answers, so the same figures
-    def figures(name: str) -> list[tuple]:
-        rows = read_jsonl(tmp_path / name / "metrics.jsonl")
-        return [(m["iteration"], m["greedy_accuracy"], m["pass@2"]) for m in rows]
+    # the evaluation ran on the workers too: the same answers, so the same figures, every one of them (self-BLEU
+    # draws its subset by position: the samples are put back in the problems' order whatever order they came in)
+    def figures(name: str, i: int) -> dict:
+        found = json.loads((tmp_path / name / f"iter-{i:03d}" / "eval.json").read_text())
+        return {k: v for k, v in _flat(found).items() if not k.endswith(("seconds", "model", "ran_on"))}
 
-    assert figures("ray") == figures("local")
+    for i in (0, 1):
+        local, ray_ = figures("local", i), figures("ray", i)
+        assert local == ray_, {k: (v, ray_.get(k)) for k, v in local.items() if ray_.get(k) != v}
+    assert "guards.mode_collapse.self_bleu" in figures("local", 1)
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(d, list):
+        return {k: v for n, val in enumerate(d) for k, v in _flat(val, f"{prefix}{n}.").items()}
+    return {prefix[:-1]: d}
 
 
 @needs_bwrap

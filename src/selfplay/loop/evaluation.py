@@ -28,7 +28,7 @@ from selfplay.guards import reward_hacking, rl_signal, stopping, win_rate
 from selfplay.guards.diversity import diversity_metrics
 from selfplay.guards.embedding import embedding_spread, find_embedding_model
 from selfplay.guards.heldout import greedy_metrics, sampled_metrics
-from selfplay.interfaces import Generator
+from selfplay.interfaces import Generator, SamplingParams
 from selfplay.loop import human_eval
 from selfplay.loop.context import RunContext
 from selfplay.loop.pseudo_label_audit import pseudo_label_guard
@@ -87,13 +87,22 @@ def stated_in_form(samples: Sequence[Sample]) -> list[bool]:
     return [extract_answer(s.completion, strict=True) is not None for s in samples]
 
 
+def _in_order(gen: Generator, problems: Sequence[Problem], params: SamplingParams, batch_size: int,
+              desc: str) -> list[Sample]:
+    """Every sample, in the problems' order whatever order they finished in (Ray workers return handouts as they
+    finish): the figures that read a subset by position, self-BLEU's seeded draw, are then the same on 1 or N
+    workers as in the driver."""
+    order = {p.id: n for n, p in enumerate(problems)}
+    got = [s for b in sample_batches(gen, problems, params, batch_size, desc=desc) for s in b]
+    return sorted(got, key=lambda s: order[s.problem_id])
+
+
 def measure(
     gen: Generator, problems: Sequence[Problem], verifier: Verifier, cfg: EvalConfig, seed: int, desc: str,
     sampled: bool = True,
 ) -> Measured:
     """Greedy accuracy, and pass@k when `sampled` and cfg.samples > 0, of one model on one problem set."""
-    greedy = [s for b in sample_batches(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size,
-                                        desc=f"{desc} greedy") for s in b]
+    greedy = _in_order(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size, f"{desc} greedy")
     greedy_verdicts = _judge(verifier, problems, greedy)
     metrics = greedy_metrics(greedy, greedy_verdicts, stated_in_form(greedy))
     metrics.update(instruction_metrics(greedy_verdicts))  # IFEval's four numbers, when the checker is ifeval
@@ -101,7 +110,7 @@ def measure(
     verdicts: list[Verdict] = []
     if sampled and cfg.samples:
         params = cfg.params(cfg.samples, seed)
-        samples = [s for b in sample_batches(gen, problems, params, cfg.batch_size, desc=f"{desc} pass@k") for s in b]
+        samples = _in_order(gen, problems, params, cfg.batch_size, f"{desc} pass@k")
         verdicts = _judge(verifier, problems, samples)
         metrics.update(sampled_metrics(verdicts, cfg.ks))
     return Measured(metrics, greedy, greedy_verdicts, samples, verdicts)
@@ -115,10 +124,8 @@ def measure_by_agreement(
 ) -> Measured:
     """With no labels to score by: a greedy answer counts as right when it agrees with the confident majority of
     the problem's cfg.samples sampled answers, and each sampled answer is judged by its problem's vote."""
-    greedy = [s for b in sample_batches(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size,
-                                        desc=f"{desc} greedy") for s in b]
-    samples = [s for b in sample_batches(gen, problems, cfg.params(cfg.samples, seed), cfg.batch_size,
-                                         desc=f"{desc} pass@k") for s in b]
+    greedy = _in_order(gen, problems, cfg.params(1, seed, greedy=True), cfg.batch_size, f"{desc} greedy")
+    samples = _in_order(gen, problems, cfg.params(cfg.samples, seed), cfg.batch_size, f"{desc} pass@k")
     by_id = {p.id: p for p in problems}
     voters: dict[str, list[Sample]] = {}
     for s in samples:
