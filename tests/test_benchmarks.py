@@ -50,10 +50,46 @@ def takes_model(script: Path) -> bool:
     return '"--model"' in text or bool(re.search(r"add_flags\((?![^)]*model=False)", text))
 
 
+# Scripts run in a new interpreter: scale.py starts Ray in its own process, which must not outlive it here.
+FRESH = {"scale.py"}
+
+
 def bench(script: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    """`python benchmarks/SCRIPT ARGS`: its exit code, stdout and stderr. In this process (runpy, as `__main__`)
+    unless the script is in FRESH: a new interpreter costs seconds of importing torch per script. The torch threads
+    and environment a smoke run sets (benchmarks/smoke.py pins one thread) are put back afterwards."""
+    if script.name in FRESH:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    import contextlib
+    import io
+    import runpy
+    import traceback
+
+    import torch
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, environ, threads = sys.argv, dict(os.environ), torch.get_num_threads()
+    sys.argv = [str(script), *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if e.code is not None and not isinstance(e.code, int):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 - the interpreter would print it and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([str(script), *args], code, out.getvalue(), err.getvalue())
 
 
 def test_discovery_finds_the_scripts_and_skips_helpers():
