@@ -135,21 +135,27 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300, fresh: bool = Fals
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         return subprocess.run([sys.executable, "-m", "selfplay", *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
+    from selfplay.cli import main
+
+    return in_process(["selfplay", *args], lambda: main(list(args)))
+
+
+def in_process(argv: list[str], call) -> subprocess.CompletedProcess:
+    """`call()` with stdout and stderr captured, ending as an interpreter would: its return value or SystemExit's
+    code is the exit code, and anything else escaping it is printed as a traceback with exit code 1."""
     import contextlib
     import io
     import traceback
 
-    from selfplay.cli import main
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = main(list(args))
-        except SystemExit as e:  # argparse's errors and --help
+            code = call()
+        except SystemExit as e:  # argparse's errors, --help, a script's sys.exit
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             if e.code is not None and not isinstance(e.code, int):
                 print(e.code, file=sys.stderr)
         except Exception:  # noqa: BLE001 - the interpreter would print it and exit 1
             traceback.print_exc()
             code = 1
-    return subprocess.CompletedProcess(["selfplay", *args], code or 0, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(argv, code if isinstance(code, int) else 0, out.getvalue(), err.getvalue())

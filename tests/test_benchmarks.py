@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -62,34 +62,23 @@ def bench(script: Path, *args: str, timeout: int = 240) -> subprocess.CompletedP
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=timeout)
-    import contextlib
-    import io
     import runpy
-    import traceback
 
     import torch
 
-    out, err = io.StringIO(), io.StringIO()
+    def as_main() -> int:
+        runpy.run_path(str(script), run_name="__main__")
+        return 0
+
     argv, environ, threads = sys.argv, dict(os.environ), torch.get_num_threads()
     sys.argv = [str(script), *args]
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path(str(script), run_name="__main__")
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                if e.code is not None and not isinstance(e.code, int):
-                    print(e.code, file=sys.stderr)
-            except Exception:  # noqa: BLE001 - the interpreter would print it and exit 1
-                traceback.print_exc()
-                code = 1
+        return in_process(list(sys.argv), as_main)
     finally:
         sys.argv = argv
         os.environ.clear()
         os.environ.update(environ)
         torch.set_num_threads(threads)
-    return subprocess.CompletedProcess([str(script), *args], code, out.getvalue(), err.getvalue())
 
 
 def test_discovery_finds_the_scripts_and_skips_helpers():
