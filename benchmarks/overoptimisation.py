@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--constraints", type=int, default=2, help="at most this many constraints per request (2)")
     parser.add_argument("--heldout", type=float, default=0.2,
                         help="share of the pairs held out to score the reward model (0.2)")
-    parser.add_argument("--min-rm-accuracy", type=float, default=0.6,
+    parser.add_argument("--min-rm-accuracy", type=float, default=None,
                         help="stop before RL when the reward model ranks fewer held-out pairs right (0.6): a proxy "
                         "at chance cannot show over-optimisation, and RL here takes hours")
     parser.add_argument("--output-dir", help="where the reward model and the run go (runs/; with --smoke a scratch "
@@ -97,9 +97,11 @@ def main() -> None:
                    + (f", instructions: [{', '.join(allowed)}]" if allowed else "") + "}")
     if args.smoke:
         # The tiny random model follows no constraint on purpose; "no commas" it follows by chance, sometimes.
-        args.prompts, args.answers, args.updates, args.min_rm_accuracy = 12, 4, 2, 0.0
+        args.prompts, args.answers, args.updates = 12, 4, 2
+        args.min_rm_accuracy = 0.0 if args.min_rm_accuracy is None else args.min_rm_accuracy
         task_params = "{min_constraints: 1, max_constraints: 1, instructions: ['punctuation:no_comma']}"
         args.output_dir, args.model = args.output_dir or str(scratch()), tiny_model(args.model)
+    args.min_rm_accuracy = 0.6 if args.min_rm_accuracy is None else args.min_rm_accuracy
     out = Path(args.output_dir or ROOT / "runs")
     start = time.perf_counter()
     sizes = [*(TINY_RUN if args.smoke else []), *([f"model.path={args.model}"] if args.model else []),

@@ -128,3 +128,17 @@ def test_recipes_refuses_a_config_that_does_not_exist():
 def test_a_missing_model_is_one_line(tmp_path: Path):
     proc = bench(BENCHMARKS / "instructions.py", "--smoke", "--model", str(tmp_path / "nothing"), timeout=120)
     one_line_refusal(proc, "instructions.py", "nothing", "not a folder")
+
+
+def test_overoptimisation_stops_before_rl_when_the_reward_model_does_not_beat_the_bar(tiny_model: Path, tmp_path: Path):
+    """RL against a reward model that ranks held-out pairs at chance takes hours and shows no curve: the script
+    stops after training it, with one line naming its figures, and runs no RL."""
+    proc = bench(BENCHMARKS / "overoptimisation.py", "--smoke", "--model", str(tiny_model), "--output-dir",
+                 str(tmp_path), "--min-rm-accuracy", "1.01")
+    last = proc.stderr.strip().splitlines()[-1]  # after the progress bars and the trainer's log
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("overoptimisation.py: the reward model ranks "), last
+    assert "held-out pairs right, under --min-rm-accuracy 101%" in last, last
+    assert str(tmp_path / "bench-overopt-rm" / "rm_eval.json") in last, last
+    assert (tmp_path / "bench-overopt-rm" / "rm_eval.json").is_file()
+    assert not (tmp_path / "bench-overopt" / "iter-001").exists()  # no RL ran
