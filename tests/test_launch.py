@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from selfplay.config import TrainConfig
 from selfplay.errors import UserError
@@ -92,3 +93,23 @@ def test_two_gloo_ranks_train_what_one_process_trains_and_a_killed_rank_resumes_
     assert resumed["final_loss"] == pytest.approx(two["final_loss"], rel=TOLERANCE)
     c = _weights(out)
     assert max(float((b[k] - c[k]).abs().max()) for k in b) < WEIGHTS
+
+
+GPUS = torch.cuda.device_count()
+
+
+@pytest.mark.skipif(GPUS < 2, reason=f"needs 2 CUDA GPUs for 2 NCCL ranks (this machine has {GPUS}); the gloo "
+                    "test above runs the same launcher on the CPU")
+def test_two_nccl_ranks_on_two_gpus_train_what_one_gpu_trains(tiny_model, tmp_path):
+    """The multi-GPU path of train.launcher: accelerate, as a user with one node of GPUs runs it: DDP over NCCL."""
+    gpu = placement("cuda", "float32")
+    one = SFT().train(tiny_model, EXAMPLES, tmp_path / "one" / "model", tmp_path / "one" / "trainer",
+                      TrainConfig(**ONE), gpu, 0)
+    two = AccelerateLaunch(SFT()).train(tiny_model, EXAMPLES, tmp_path / "two" / "model",
+                                        tmp_path / "two" / "trainer", TrainConfig(**TWO), gpu, 0)
+    assert one["steps"] == two["steps"] == 24 and two["num_processes"] == 2
+    for key in ("first_loss", "final_loss", "train_loss"):
+        # cuBLAS and NCCL sum in their own orders: ten times the CPU's tolerance
+        assert two[key] == pytest.approx(one[key], rel=10 * TOLERANCE), key
+    a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 10 * WEIGHTS

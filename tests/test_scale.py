@@ -6,6 +6,7 @@ Each test is bounded in time, and the cluster fixture checks that no raylet outl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from selfplay.config import load_config
 from selfplay.errors import UserError
@@ -297,3 +299,25 @@ def test_a_code_verify_stage_runs_in_the_workers_sandboxes(cluster, tiny_model, 
     assert [v["passed"] for v in verdicts] == [v["sample_id"].endswith("/s0") for v in verdicts]
     summary = json.loads((tmp_path / "code" / "iter-001" / "verify.json").read_text())
     assert summary["verifier"] == "code" and summary["passed"] == 8 and summary["ran_on"] == "ray"
+
+
+GPUS = torch.cuda.device_count()
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.skipif(not (GPUS and HAVE_VLLM), reason=f"needs a CUDA GPU and vllm (GPUs: {GPUS}, vllm: "
+                    f"{'yes' if HAVE_VLLM else 'no'}): the GPU path of scale.num_gpus with generate.backend vllm")
+def test_gpu_workers_sample_with_vllm_what_a_run_in_the_driver_samples(tiny_model, sums_jsonl, tmp_path):
+    """One vLLM engine per GPU worker (scale.num_gpus: 1), freed before training so the driver's trainer gets the
+    GPU back: the same samples, drawn from the same per-sample streams, as vLLM in the driver."""
+    vllm = {"generate.backend": "vllm", "model.device": "cuda", "model.dtype": "float32",
+            "generate.options": "{dtype: float32, enforce_eager: true, gpu_memory_utilization: 0.2, "
+                                "kv_cache_memory_bytes: 536870912}"}
+    local = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="local", **vllm), fresh=True)
+    assert local.returncode == 0, local.stderr[-3000:]
+    ray_ = run_cli("run", *tiny_overrides(tiny_model, sums_jsonl, tmp_path, name="ray", **vllm, **{
+        "scale.ray_address": "local", "scale.workers": min(GPUS, 2), "scale.num_gpus": 1, "scale.env": ENV}),
+        fresh=True)
+    assert ray_.returncode == 0, ray_.stderr[-3000:]
+    assert json.loads((tmp_path / "ray" / "iter-001" / "generate.json").read_text())["ran_on"] == "ray"
+    assert _samples(tmp_path / "ray") == _samples(tmp_path / "local")
