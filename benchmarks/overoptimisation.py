@@ -2,6 +2,8 @@
 
     python benchmarks/overoptimisation.py                     # 300 prompts, 4 answers each, 40 updates (hours)
     python benchmarks/overoptimisation.py --prompts 120 --updates 20
+    python benchmarks/overoptimisation.py --prompts 400 --answers 6 --constraints 1 --instructions IDS
+                                                              # the run in docs/BENCHMARKS.md names its six IDS
     python benchmarks/overoptimisation.py --smoke             # the same path on the tiny test model, in seconds
 
 1. Pairs ordered by a checker. The starting model answers `--prompts` instruction-following requests (the
