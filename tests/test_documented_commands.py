@@ -522,6 +522,14 @@ def check_ray_start(cmd: Command, ws: Workspace) -> None:
         assert flag in proc.stdout, f"ray start --help has no {flag}"
 
 
+def check_ray_auth(cmd: Command, ws: Workspace) -> None:
+    """The installed Ray has token authentication (2.52+), whose token `ray get-auth-token` prints."""
+    exe = Path(sys.executable).parent / "ray"
+    assert exe.is_file(), "Ray's CLI is not installed (pip install 'selfplay[ray]')"
+    proc = subprocess.run([str(exe), "get-auth-token", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"ray get-auth-token: {proc.stderr[-2000:]}"
+
+
 def check_serve(cmd: Command, ws: Workspace) -> None:
     """Start the app as documented (on a free port), open the URL it prints, and read the runs it lists."""
     import requests
@@ -608,6 +616,8 @@ CHECKS = [
         "cluster, GPUs and ranks it names are not here; tests/test_scale.py and tests/test_launch.py run Ray and "
         "accelerate for real)", check_shorthand, False),
     Row(r"ray start ", "Ray's CLI is installed and takes every flag shown", check_ray_start, False),
+    Row(r"export RAY_AUTH_MODE=token$", "the installed Ray has token authentication (`ray get-auth-token`); the "
+        "whole sequence was run by hand against `ray start --head` (docs/guide.md, Scale)", check_ray_auth, False),
     Row(r"selfplay run configs/\S+\.yaml .*\breview\.human_eval=", "config and overrides validated (the gates "
         "it sets run for real in tests/test_browser.py and tests/test_human.py)", check_shorthand, False),
     Row(r"selfplay serve \S+$", "run for real on a free port: the printed URL opens the runs list", check_serve, True),

@@ -142,6 +142,28 @@ def test_no_ray_means_one_line(monkeypatch):
         list(workers.run([Handout("p0", "whoami", ())]))
 
 
+def test_a_cluster_that_wants_a_token_is_one_line_saying_how_to_give_it(monkeypatch):
+    """Ray 2.59+ turns token authentication on for `ray start --head`. A driver without the token gets, from
+    ray.init, a ConnectionError whose causes hold Ray's InvalidAuthToken (as seen against a real head, Ray 2.60);
+    the run says what to set instead of suggesting to start a cluster that is already there."""
+    from ray.exceptions import AuthenticationError
+
+    def refused(**kwargs):
+        try:
+            raise RuntimeError("Failed to connect to GCS.") from AuthenticationError(
+                "RPC error: InvalidAuthToken: Authentication token is missing or incorrect.")
+        except RuntimeError as e:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from e
+
+    monkeypatch.setattr(ray, "init", refused)
+    workers = RayWorkers(load_config(None, ["scale.ray_address=auto"]).scale, "cpu", "float32", "continuous", {})
+    with pytest.raises(UserError) as e:
+        workers._connect()
+    line = str(e.value)
+    assert "\n" not in line and "refused this machine's token" in line and "RAY_AUTH_MODE=token" in line
+    assert "10.0.0.1:6379" in line and "ray start --head`, or use" not in line
+
+
 def _workers(cluster, **scale) -> RayWorkers:
     settings = [f"scale.ray_address={cluster.address}", "scale.workers=2",
                 *(f"scale.{k}={v}" for k, v in scale.items())]

@@ -54,6 +54,16 @@ def _ray():
     return ray
 
 
+def _refused_token(error: BaseException) -> bool:
+    """Whether joining failed on Ray's token authentication: Ray says so only in the error's causes."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "InvalidAuthToken" in str(seen) or type(seen).__name__ == "AuthenticationError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class RayWorkers:
     """`scale.workers` stage workers on a Ray cluster, started on first use and stopped by `shutdown`."""
 
@@ -87,6 +97,12 @@ class RayWorkers:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if _refused_token(e):
+                raise UserError(
+                    f"scale.ray_address: the Ray cluster at {s.ray_address!r} refused this machine's token ({first}): "
+                    "it uses Ray's token authentication (the default on a `ray start --head` since Ray 2.59); set "
+                    "RAY_AUTH_MODE=token here, with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (`ray "
+                    "get-auth-token` on the head prints it)") from None
             raise UserError(f"scale.ray_address: cannot join the Ray cluster at {s.ray_address!r} ({first}); "
                             "start one with `ray start --head`, or use 'local'") from None
         self.started_cluster, self.connected = s.ray_address == "local", True
