@@ -145,6 +145,15 @@ def test_over_optimisation_fires_when_gold_turns_down_while_the_proxy_still_clim
     many = [{**s, "gold_n": 4096} for s in goodhart]
     figures, alarm = overoptimisation(many, 0.02)
     assert alarm and figures["gold_drop_noise"] < 0.05
+    # 32 rollouts an update clear the noise if they were independent; as 4 requests of 8 that pass or fail
+    # together (the requests' own pass rates kept), the same fall is inside it.
+    independent = [{**s, "gold_n": 32} for s in goodhart]
+    assert overoptimisation(independent, 0.02)[1] is not None
+    together = [{**s, "gold_by_request": [0.0, 0.0, 1.0, 1.0]} for s in independent]
+    figures, alarm = overoptimisation(together, 0.02)
+    assert alarm is None and figures["gold_noise_from"] == "requests" and "inside the noise" in figures["note"]
+    alike = [{**s, "gold_by_request": [s["gold"]] * 4} for s in independent]  # requests alike: rollouts decide
+    assert overoptimisation(alike, 0.02)[1] is not None
     # A flat gold curve of 40 updates of 64 rollouts, sampled: the best window's lead over the last is noise.
     rng = random.Random(0)
     false_alarms = 0

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,9 +83,14 @@ def overoptimisation(steps: Sequence[dict[str, Any]], margin: float, window: int
     standard errors of the difference of the two windows' pass rates. The peak is the best of many noisy windows, so
     even a flat curve shows a fall of one or two standard errors from it; three keeps false alarms rare (about 2% on
     a flat curve of 40 updates), and a run with few rollouts per update is told its fall is inside the noise.
+
+    An update's rollouts are not independent: its completions of one request pass or fail together, and requests
+    differ in difficulty. Where the steps keep each request's pass rate (`gold_by_request`), a window's variance is
+    also estimated from those rates (their variance over their count), and the larger of the two is used; with few
+    requests per update that is the honest one.
     """
-    pts = [(int(s["step"]), float(s["reward"]), float(s["gold"]), s.get("gold_n")) for s in steps
-           if s.get("reward") is not None and s.get("gold") is not None]
+    pts = [(int(s["step"]), float(s["reward"]), float(s["gold"]), s.get("gold_n"), s.get("gold_by_request"))
+           for s in steps if s.get("reward") is not None and s.get("gold") is not None]
     if len(pts) < 2 * window:
         return {}, None
     proxy, gold = _smooth([p[1] for p in pts], window), _smooth([p[2] for p in pts], window)
@@ -94,15 +100,21 @@ def overoptimisation(steps: Sequence[dict[str, Any]], margin: float, window: int
     drop, rise = gold[peak] - gold[-1], proxy[-1] - proxy[peak]
     noise = None
     if all(p[3] for p in pts):
-        n_peak = sum(p[3] for p in pts[max(0, peak - window + 1): peak + 1])
-        n_end = sum(p[3] for p in pts[-window:])
-        var = gold[peak] * (1 - gold[peak]) / n_peak + gold[-1] * (1 - gold[-1]) / n_end
-        noise = figures["gold_drop_noise"] = z * max(var, 0.25 / (n_peak + n_end)) ** 0.5
+        at_peak, at_end = pts[max(0, peak - window + 1): peak + 1], pts[-window:]
+        n_peak, n_end = sum(p[3] for p in at_peak), sum(p[3] for p in at_end)
+        var_peak, var_end = gold[peak] * (1 - gold[peak]) / n_peak, gold[-1] * (1 - gold[-1]) / n_end
+        by_request = [[r for p in w for r in p[4]] if all(p[4] for p in w) else [] for w in (at_peak, at_end)]
+        if all(len(rates) >= 2 for rates in by_request):
+            var_peak = max(var_peak, statistics.variance(by_request[0]) / len(by_request[0]))
+            var_end = max(var_end, statistics.variance(by_request[1]) / len(by_request[1]))
+            figures["gold_noise_from"] = "requests"
+        noise = figures["gold_drop_noise"] = z * max(var_peak + var_end, 0.25 / (n_peak + n_end)) ** 0.5
     if drop >= margin and rise > 0:
         if noise is not None and drop < noise:
             figures["note"] = (f"gold fell {drop:.1%} from its peak at update {pts[peak][0]} while the proxy rose, "
                                f"inside the noise of its rollouts ({noise:.1%} = {z:g} standard errors); more "
-                               "rollouts per update (rl.prompts_per_step, rl.num_generations) resolve smaller falls")
+                               "requests and rollouts per update (rl.prompts_per_step, rl.num_generations) resolve "
+                               "smaller falls")
             return figures, None
         return figures, (f"over-optimisation: after update {pts[peak][0]} the gold pass rate on the rollouts fell "
                          f"{drop:.1%} from its peak ({gold[peak]:.1%} to {gold[-1]:.1%}) while the proxy reward still "

@@ -97,7 +97,8 @@ class RolloutLog:
         self.samples = it_dir / f"{samples}.partial.jsonl"
         self.verdicts = it_dir / f"{verdicts}.partial.jsonl"
         self.steps = it_dir / "rl-steps.partial.jsonl"
-        self.gold: dict[int, tuple[float, int]] = {}  # step -> the gold checker's pass rate on its rollouts, and n
+        # step -> the gold checker's pass rate on its rollouts, their count, and each request's own pass rate
+        self.gold: dict[int, tuple[float, int, list[float]]] = {}
 
     @staticmethod
     def step_of_sample(sample_id: str) -> int:
@@ -123,7 +124,8 @@ class RolloutLog:
     def log_step(self, row: dict[str, Any]) -> None:
         gold = self.gold.get(int(row["step"]))
         with JsonlAppender(self.steps) as f:
-            f.write_many([{**row, **({"gold": gold[0], "gold_n": gold[1]} if gold is not None else {})}])
+            f.write_many([{**row, **({"gold": gold[0], "gold_n": gold[1], "gold_by_request": gold[2]}
+                                     if gold is not None else {})}])
 
     def finish(self) -> None:
         for partial, name in ((self.samples, self.names[0]), (self.verdicts, self.names[1]), (self.steps, STEPS_FILE)):
@@ -183,7 +185,11 @@ class Rewards:
         gold = None
         if self.gold is not None:
             gold = verify_all(self.gold, [(self.labelled[s.problem_id], s) for s in samples])
-            self.log.gold[step] = (sum(v.passed for v in gold) / max(1, len(gold)), len(gold))
+            by_request: dict[str, list[bool]] = {}
+            for s, v in zip(samples, gold, strict=True):
+                by_request.setdefault(s.problem_id, []).append(v.passed)
+            self.log.gold[step] = (sum(v.passed for v in gold) / max(1, len(gold)), len(gold),
+                                   [sum(r) / len(r) for r in by_request.values()])
         verdicts = []
         for j, s in enumerate(samples):
             first = per_function[0][j]
