@@ -45,19 +45,26 @@ def _ranks() -> list[int]:
             and "accelerate" not in line]
 
 
-def test_two_gloo_ranks_train_what_one_process_trains_and_a_killed_rank_resumes_to_the_same_model(tiny_model,
-                                                                                                  tmp_path):
-    # One process, then two ranks, on the same global batches: the same losses and the same merged model.
+def _one_then_two_ranks_agree(tiny_model: Path, tmp_path: Path, where, rel: float, weights: float
+                              ) -> tuple[dict, dict]:
+    """One process, then two ranks, on the same global batches: the same losses (within `rel`) and the same merged
+    model (every weight within `weights`). The two ranks' figures and weights, for what the caller checks next."""
     one = SFT().train(tiny_model, EXAMPLES, tmp_path / "one" / "model", tmp_path / "one" / "trainer",
-                      TrainConfig(**ONE), WHERE, 0)
+                      TrainConfig(**ONE), where, 0)
     two = AccelerateLaunch(SFT()).train(tiny_model, EXAMPLES, tmp_path / "two" / "model",
-                                        tmp_path / "two" / "trainer", TrainConfig(**TWO), WHERE, 0)
+                                        tmp_path / "two" / "trainer", TrainConfig(**TWO), where, 0)
     assert one["steps"] == two["steps"] == 24 and two["num_processes"] == 2
     for key in ("first_loss", "final_loss", "train_loss"):
-        assert two[key] == pytest.approx(one[key], rel=TOLERANCE), key
+        assert two[key] == pytest.approx(one[key], rel=rel), key
     a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
     assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < WEIGHTS
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < weights
+    return two, b
+
+
+def test_two_gloo_ranks_train_what_one_process_trains_and_a_killed_rank_resumes_to_the_same_model(tiny_model,
+                                                                                                  tmp_path):
+    two, b = _one_then_two_ranks_agree(tiny_model, tmp_path, WHERE, TOLERANCE, WEIGHTS)
     assert not (tmp_path / "two" / "trainer").exists()  # rank 0 cleaned up after the merged save
 
     # Two ranks again; one is SIGKILLed after the first checkpoint: one line, then resume to the same model.
@@ -102,14 +109,5 @@ GPUS = torch.cuda.device_count()
                     "test above runs the same launcher on the CPU")
 def test_two_nccl_ranks_on_two_gpus_train_what_one_gpu_trains(tiny_model, tmp_path):
     """The multi-GPU path of train.launcher: accelerate, as a user with one node of GPUs runs it: DDP over NCCL."""
-    gpu = placement("cuda", "float32")
-    one = SFT().train(tiny_model, EXAMPLES, tmp_path / "one" / "model", tmp_path / "one" / "trainer",
-                      TrainConfig(**ONE), gpu, 0)
-    two = AccelerateLaunch(SFT()).train(tiny_model, EXAMPLES, tmp_path / "two" / "model",
-                                        tmp_path / "two" / "trainer", TrainConfig(**TWO), gpu, 0)
-    assert one["steps"] == two["steps"] == 24 and two["num_processes"] == 2
-    for key in ("first_loss", "final_loss", "train_loss"):
-        # cuBLAS and NCCL sum in their own orders: ten times the CPU's tolerance
-        assert two[key] == pytest.approx(one[key], rel=10 * TOLERANCE), key
-    a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 10 * WEIGHTS
+    # cuBLAS and NCCL sum in their own orders: ten times the CPU's tolerances
+    _one_then_two_ranks_agree(tiny_model, tmp_path, placement("cuda", "float32"), 10 * TOLERANCE, 10 * WEIGHTS)

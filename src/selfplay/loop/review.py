@@ -178,8 +178,8 @@ def decide(run_path: Path, decision: str, rejected_ids: Sequence[str] = (), reas
         record["confirmed_ids"] = sorted(sets[2])
     if reason:
         record["reason"] = reason
-    if person(who):
-        record["who"] = person(who)
+    if who := person(who):
+        record["who"] = who
     if not create_json_once(it_dir / DECISION, record):  # someone decided a moment ago: theirs stands
         return _same_or_refuse(it_dir, decision, rejected_ids, flipped_ids, confirmed_ids)
     removed = f", {len(record['rejected_ids'])} example(s) removed" if record["rejected_ids"] else ""
